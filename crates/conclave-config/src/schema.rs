@@ -1,0 +1,205 @@
+//! The configuration schema and its defaults.
+//!
+//! Every struct denies unknown fields (a typo must be an error, not a
+//! silently ignored setting) and takes its defaults from `Default`, so a
+//! file only needs the fields it changes.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+
+use crate::secret::{Secret, SecretUrl};
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the embedded database, generated secrets and local files live.
+    pub data_dir: PathBuf,
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub log: LogConfig,
+    pub auth: AuthConfig,
+    pub cluster: ClusterConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./conclave-data"),
+            server: ServerConfig::default(),
+            database: DatabaseConfig::default(),
+            log: LogConfig::default(),
+            auth: AuthConfig::default(),
+            cluster: ClusterConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address every listener binds to.
+    pub bind: IpAddr,
+    /// HTTP: JSON API, realtime WebSocket, collaborative documents, files.
+    pub http_port: u16,
+    /// Operations: `/health`, `/ready`, `/metrics`.
+    pub admin_port: u16,
+    /// gRPC collaboration service.
+    pub grpc_port: u16,
+    /// Binary frames inside a Noise session over TCP.
+    pub tcp_port: u16,
+    /// Binary frames over QUIC (UDP).
+    pub quic_port: u16,
+    /// Concurrent client connections accepted across all transports.
+    pub max_connections: u32,
+    /// After SIGINT/SIGTERM, how long in-flight requests may take to finish
+    /// before they are cut off.
+    pub shutdown_deadline_ms: u64,
+    /// Longest time one HTTP request may take before it is answered 503.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            http_port: 8080,
+            admin_port: 9090,
+            grpc_port: 8081,
+            tcp_port: 8082,
+            quic_port: 8083,
+            max_connections: 100_000,
+            shutdown_deadline_ms: 10_000,
+            request_timeout_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://PATH` or `postgres://...`. Unset means the embedded default:
+    /// `conclave.db` inside `data_dir`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<SecretUrl>,
+    /// Connections in the pool.
+    pub max_connections: u32,
+    /// How long a writer waits for SQLite's lock before failing.
+    pub busy_timeout_ms: u64,
+    /// How long a request waits for a pooled connection.
+    pub acquire_timeout_ms: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            max_connections: 8,
+            busy_timeout_ms: 5_000,
+            acquire_timeout_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A level (`trace`, `debug`, `info`, `warn`, `error`, `off`) or a
+    /// comma-separated list of `target=level` directives.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+            format: LogFormat::Compact,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Multi-line, colored, for a developer's terminal.
+    Pretty,
+    /// One human-readable line per event.
+    Compact,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Lifetime of an access token.
+    pub access_token_ttl_secs: u64,
+    /// Lifetime of a refresh token.
+    pub refresh_token_ttl_secs: u64,
+    /// Hex-encoded key (32 to 64 bytes) that signs tokens. Unset means a key
+    /// generated on first start and kept in `data_dir`; set it when several
+    /// nodes must accept each other's tokens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_signing_key: Option<Secret>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            access_token_ttl_secs: 15 * 60,
+            refresh_token_ttl_secs: 30 * 24 * 60 * 60,
+            token_signing_key: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// How nodes exchange events: `local` (one node), `redis` or `nats`.
+    pub bus: BusKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<SecretUrl>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats_url: Option<SecretUrl>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            bus: BusKind::Local,
+            redis_url: None,
+            nats_url: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BusKind {
+    Local,
+    Redis,
+    Nats,
+}
+
+impl Config {
+    /// The effective configuration as TOML, with every secret redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        // Serialization cannot fail: the schema has only TOML-representable
+        // types and secrets serialize as a fixed placeholder.
+        toml::to_string_pretty(self).unwrap_or_else(|err| format!("# unprintable: {err}\n"))
+    }
+
+    /// The SQLite URL used when `database.url` is unset.
+    pub fn embedded_database_url(&self) -> String {
+        format!("sqlite://{}", self.data_dir.join("conclave.db").display())
+    }
+
+    /// `database.url`, or the embedded default.
+    pub fn database_url(&self) -> SecretUrl {
+        self.database
+            .url
+            .clone()
+            .unwrap_or_else(|| SecretUrl::new(self.embedded_database_url()))
+    }
+}

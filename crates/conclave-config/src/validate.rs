@@ -1,0 +1,155 @@
+//! Rules that types alone cannot express.
+
+use crate::schema::{BusKind, Config};
+
+const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
+
+/// A shutdown that waits longer than this is indistinguishable from a hang
+/// to an orchestrator.
+const SHUTDOWN_DEADLINE_MAX_MS: u64 = 60 * 60 * 1000;
+
+/// More pooled connections than this exhausts a typical PostgreSQL server's
+/// `max_connections` with a handful of nodes.
+const DATABASE_CONNECTIONS_MAX: u32 = 1024;
+
+/// Returns `(field, reason)` for every rule the configuration breaks.
+pub(crate) fn validate(config: &Config) -> Vec<(String, String)> {
+    let mut errors = Vec::new();
+    let mut fail = |field: &str, reason: String| errors.push((field.to_owned(), reason));
+
+    if config.data_dir.as_os_str().is_empty() {
+        fail("data_dir", "must not be empty".to_owned());
+    }
+
+    let server = &config.server;
+    // QUIC listens on UDP, so it may share a number with a TCP listener.
+    let tcp_ports = [
+        ("server.http_port", server.http_port),
+        ("server.admin_port", server.admin_port),
+        ("server.grpc_port", server.grpc_port),
+        ("server.tcp_port", server.tcp_port),
+    ];
+    for (i, (field, port)) in tcp_ports.iter().enumerate() {
+        if *port == 0 {
+            continue; // 0 asks the OS for a free port; never a clash.
+        }
+        if let Some((other, _)) = tcp_ports[..i].iter().find(|(_, p)| p == port) {
+            fail(field, format!("port {port} is already used by {other}"));
+        }
+    }
+    if server.max_connections == 0 {
+        fail("server.max_connections", "must be at least 1".to_owned());
+    }
+    if !(1..=SHUTDOWN_DEADLINE_MAX_MS).contains(&server.shutdown_deadline_ms) {
+        fail(
+            "server.shutdown_deadline_ms",
+            format!("must be between 1 and {SHUTDOWN_DEADLINE_MAX_MS}"),
+        );
+    }
+    if server.request_timeout_ms == 0 {
+        fail("server.request_timeout_ms", "must be at least 1".to_owned());
+    }
+
+    let database = &config.database;
+    if !(1..=DATABASE_CONNECTIONS_MAX).contains(&database.max_connections) {
+        fail(
+            "database.max_connections",
+            format!("must be between 1 and {DATABASE_CONNECTIONS_MAX}"),
+        );
+    }
+    if let Some(url) = &database.url {
+        match url.scheme().as_deref() {
+            Some("sqlite" | "postgres" | "postgresql") => {}
+            _ => fail(
+                "database.url",
+                format!("`{url}` must start with sqlite:// or postgres://"),
+            ),
+        }
+    }
+
+    if let Err(reason) = check_log_level(&config.log.level) {
+        fail("log.level", reason);
+    }
+
+    let auth = &config.auth;
+    if auth.access_token_ttl_secs == 0 {
+        fail(
+            "auth.access_token_ttl_secs",
+            "must be at least 1".to_owned(),
+        );
+    }
+    if auth.refresh_token_ttl_secs < auth.access_token_ttl_secs {
+        fail(
+            "auth.refresh_token_ttl_secs",
+            "must not be shorter than auth.access_token_ttl_secs".to_owned(),
+        );
+    }
+    if let Some(key) = &auth.token_signing_key {
+        let key = key.expose();
+        let hex_ok = key.len() % 2 == 0 && key.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hex_ok || !(64..=128).contains(&key.len()) {
+            fail(
+                "auth.token_signing_key",
+                "must be 32 to 64 bytes written as hex (64 to 128 hex digits)".to_owned(),
+            );
+        }
+    }
+
+    let cluster = &config.cluster;
+    let bus_url = |url: &Option<crate::SecretUrl>, schemes: &[&str]| match url {
+        None => Err("is required by the chosen cluster.bus".to_owned()),
+        Some(url) if url.scheme().is_some_and(|s| schemes.contains(&s.as_str())) => Ok(()),
+        Some(url) => Err(format!(
+            "`{url}` must start with {}://",
+            schemes.join(":// or ")
+        )),
+    };
+    match cluster.bus {
+        BusKind::Local => {}
+        BusKind::Redis => {
+            if let Err(reason) = bus_url(&cluster.redis_url, &["redis", "rediss"]) {
+                fail("cluster.redis_url", reason);
+            }
+        }
+        BusKind::Nats => {
+            if let Err(reason) = bus_url(&cluster.nats_url, &["nats", "tls"]) {
+                fail("cluster.nats_url", reason);
+            }
+        }
+    }
+    errors
+}
+
+/// Accepts what the log filter accepts: a level, or `target=level`
+/// directives separated by commas.
+fn check_log_level(level: &str) -> Result<(), String> {
+    let bad = || {
+        format!(
+            "`{level}` is not a log level ({}) or a list of target=level directives",
+            LOG_LEVELS.join(", ")
+        )
+    };
+    if level.trim().is_empty() {
+        return Err(bad());
+    }
+    for directive in level.split(',') {
+        let directive = directive.trim();
+        let level_part = match directive.split_once('=') {
+            Some((target, level)) => {
+                let target_ok = !target.is_empty()
+                    && target
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | '-'));
+                if !target_ok {
+                    return Err(bad());
+                }
+                level
+            }
+            None => directive,
+        };
+        if !LOG_LEVELS.contains(&level_part.to_ascii_lowercase().as_str()) {
+            return Err(bad());
+        }
+    }
+    Ok(())
+}

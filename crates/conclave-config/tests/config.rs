@@ -1,0 +1,198 @@
+//! The configuration contract: defaults, layering, validation, redaction.
+
+use std::io::Write;
+
+use conclave_config::{BusKind, Config, ConfigSources, EXAMPLE_TOML, LogFormat, Origin, load};
+
+fn file_with(text: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+    file
+}
+
+fn sources(file: Option<&tempfile::NamedTempFile>, env: &[(&str, &str)]) -> ConfigSources {
+    ConfigSources {
+        file: file.map(|f| f.path().to_path_buf()),
+        env: env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        flags: Vec::new(),
+    }
+}
+
+#[test]
+fn nothing_at_all_gives_the_defaults() {
+    assert_eq!(load(&ConfigSources::default()).unwrap(), Config::default());
+}
+
+#[test]
+fn the_example_file_is_exactly_the_defaults_and_names_every_field() {
+    let file = file_with(EXAMPLE_TOML);
+    assert_eq!(load(&sources(Some(&file), &[])).unwrap(), Config::default());
+
+    // Optional fields appear commented out; every other field appears live.
+    let example: toml::Table = EXAMPLE_TOML.parse().unwrap();
+    let defaults = toml::Value::try_from(Config::default()).unwrap();
+    for (section, value) in defaults.as_table().unwrap() {
+        match value {
+            toml::Value::Table(fields) => {
+                for field in fields.keys() {
+                    assert!(
+                        example[section].get(field).is_some(),
+                        "{section}.{field} missing from the example"
+                    );
+                }
+            }
+            _ => assert!(example.contains_key(section), "{section} missing"),
+        }
+    }
+    for commented in ["url", "token_signing_key", "redis_url", "nats_url"] {
+        assert!(
+            EXAMPLE_TOML.contains(&format!("# {commented} = ")),
+            "{commented}"
+        );
+    }
+}
+
+#[test]
+fn precedence_is_flags_then_env_then_file_then_defaults() {
+    let file = file_with("[server]\nhttp_port = 1001\nadmin_port = 1002\ngrpc_port = 1003\n");
+    let env = [
+        ("CONCLAVE_SERVER__HTTP_PORT", "2001"),
+        ("CONCLAVE_SERVER__ADMIN_PORT", "2002"),
+    ];
+    let mut sources = sources(Some(&file), &env);
+    sources.flag("server.http_port", "--http-port", 3001);
+    let config = load(&sources).unwrap();
+    assert_eq!(config.server.http_port, 3001, "flag beats env");
+    assert_eq!(config.server.admin_port, 2002, "env beats file");
+    assert_eq!(config.server.grpc_port, 1003, "file beats default");
+    assert_eq!(config.server.tcp_port, 8082, "default when nobody says");
+}
+
+#[test]
+fn env_values_are_typed_by_the_schema() {
+    let env = [
+        ("CONCLAVE_DATA_DIR", "/srv/conclave"),
+        ("CONCLAVE_LOG__FORMAT", "json"),
+        ("CONCLAVE_CLUSTER__BUS", "redis"),
+        ("REDIS_URL", "redis://:pw@127.0.0.1:6379"),
+        ("DATABASE_URL", "postgres://u:pw@db/conclave"),
+        ("CONCLAVE_TEST_POSTGRES_URL", "ignored: not a setting"),
+        ("CONCLAVE_CONFIG", "ignored: names the file"),
+        ("PATH", "/usr/bin"),
+    ];
+    let config = load(&sources(None, &env)).unwrap();
+    assert_eq!(config.data_dir.to_str(), Some("/srv/conclave"));
+    assert_eq!(config.log.format, LogFormat::Json);
+    assert_eq!(config.cluster.bus, BusKind::Redis);
+    assert_eq!(
+        config.database.url.unwrap().expose(),
+        "postgres://u:pw@db/conclave"
+    );
+}
+
+#[test]
+fn every_error_is_reported_with_its_field_and_origin() {
+    let file = file_with(
+        "[server]\nhttp_port = \"eighty\"\nadmin_port = 70000\nunknown_knob = true\n\
+         [log]\nlevel = \"loud\"\n[cluster]\nbus = \"carrier-pigeon\"\n",
+    );
+    let env = [("CONCLAVE_SERVER__TCP_PORT", "not-a-port")];
+    let errors = load(&sources(Some(&file), &env)).unwrap_err().0;
+    let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+    for expected in [
+        "server.http_port",
+        "server.admin_port",
+        "server.unknown_knob",
+        "server.tcp_port",
+        "log.level",
+        "cluster.bus",
+    ] {
+        assert!(fields.contains(&expected), "{expected} not in {fields:?}");
+    }
+    let tcp = errors
+        .iter()
+        .find(|e| e.field == "server.tcp_port")
+        .unwrap();
+    assert_eq!(
+        tcp.origin,
+        Origin::Env("CONCLAVE_SERVER__TCP_PORT".to_owned())
+    );
+    let admin = errors
+        .iter()
+        .find(|e| e.field == "server.admin_port")
+        .unwrap();
+    assert!(admin.reason.contains("70000"), "{}", admin.reason);
+    assert!(matches!(admin.origin, Origin::File(_)));
+}
+
+#[test]
+fn unknown_sections_and_top_level_keys_are_errors() {
+    let file = file_with("colour = \"blue\"\n[servr]\nhttp_port = 1\n");
+    let errors = load(&sources(Some(&file), &[])).unwrap_err().0;
+    let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+    assert!(fields.contains(&"colour"), "{fields:?}");
+    assert!(fields.contains(&"servr"), "{fields:?}");
+    let env = [("CONCLAVE_SERVER__HTTP_PROT", "1")];
+    let errors = load(&sources(None, &env)).unwrap_err().0;
+    assert_eq!(errors[0].field, "server.http_prot");
+}
+
+#[test]
+fn semantic_rules_name_their_fields() {
+    let file = file_with(
+        "[server]\nhttp_port = 9000\nadmin_port = 9000\nmax_connections = 0\n\
+         [database]\nurl = \"mysql://x\"\n[cluster]\nbus = \"nats\"\n\
+         [auth]\ntoken_signing_key = \"abc\"\n",
+    );
+    let errors = load(&sources(Some(&file), &[])).unwrap_err().0;
+    let find = |field: &str| {
+        errors
+            .iter()
+            .find(|e| e.field == field)
+            .map(|e| e.reason.clone())
+    };
+    assert!(
+        find("server.admin_port")
+            .unwrap()
+            .contains("server.http_port")
+    );
+    assert!(find("server.max_connections").is_some());
+    assert!(find("database.url").is_some());
+    assert!(find("cluster.nats_url").unwrap().contains("required"));
+    assert!(find("auth.token_signing_key").is_some());
+}
+
+#[test]
+fn syntax_errors_point_at_the_file() {
+    let file = file_with("[server\nhttp_port = 1\n");
+    let errors = load(&sources(Some(&file), &[])).unwrap_err().0;
+    assert_eq!(errors[0].field, "(file)");
+    assert!(errors[0].reason.contains("line 1"), "{}", errors[0].reason);
+}
+
+#[test]
+fn redacted_output_never_contains_secrets() {
+    let key = "ab".repeat(32);
+    let env = [
+        (
+            "DATABASE_URL",
+            "postgres://app:hunter2@db/conclave?password=hunter3",
+        ),
+        ("CONCLAVE_AUTH__TOKEN_SIGNING_KEY", key.as_str()),
+        ("CONCLAVE_CLUSTER__BUS", "redis"),
+        ("REDIS_URL", "redis://:hunter4@cache:6379"),
+    ];
+    let config = load(&sources(None, &env)).unwrap();
+    let shown = config.to_redacted_toml();
+    for secret in ["hunter2", "hunter3", "hunter4", key.as_str()] {
+        assert!(!shown.contains(secret), "{secret} leaked:\n{shown}");
+    }
+    assert!(
+        shown.contains("postgres://app:<redacted>@db/conclave"),
+        "{shown}"
+    );
+    assert!(!format!("{config:?}").contains("hunter2"));
+}

@@ -1,0 +1,104 @@
+//! The one table of error codes that may appear on the wire.
+//!
+//! Codes are stable snake_case strings: clients branch on them, so a code is
+//! never renamed or reused for a different meaning. Messages beside them are
+//! for humans and may change.
+
+use std::fmt;
+
+macro_rules! error_codes {
+    ($($variant:ident => ($code:literal, $status:literal, $doc:literal),)*) => {
+        /// A stable, client-visible error code and the HTTP status it maps to.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $(#[doc = $doc] $variant,)*
+        }
+
+        impl ErrorCode {
+            /// Every code, in table order (used by docs and tests).
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant,)*];
+
+            /// The snake_case string sent on the wire.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $code,)*
+                }
+            }
+
+            /// The HTTP status used when the error travels over plain HTTP.
+            pub const fn http_status(self) -> u16 {
+                match self {
+                    $(ErrorCode::$variant => $status,)*
+                }
+            }
+
+            /// A one-line description for documentation.
+            pub const fn description(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $doc,)*
+                }
+            }
+
+            /// Looks a code up by its wire string.
+            pub fn from_wire(code: &str) -> Option<ErrorCode> {
+                match code {
+                    $($code => Some(ErrorCode::$variant),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    BadRequest => ("bad_request", 400, "The request is malformed: wrong JSON types, missing or invalid fields."),
+    InvalidJson => ("invalid_json", 400, "The body is not valid JSON or not a JSON object."),
+    MalformedFrame => ("malformed_frame", 400, "A binary frame violates the framing rules; the connection is closed."),
+    UnknownFrameType => ("unknown_frame_type", 400, "A binary frame carries a type number this server does not know."),
+    Unauthenticated => ("unauthenticated", 401, "No access token was presented, or it is not valid."),
+    TokenExpired => ("token_expired", 401, "The access token has expired; refresh it."),
+    InvalidCredentials => ("invalid_credentials", 401, "Username or password is wrong."),
+    Forbidden => ("forbidden", 403, "The caller may not perform this action."),
+    NotFound => ("not_found", 404, "The addressed object does not exist (or is not visible to the caller)."),
+    UnknownRoute => ("unknown_route", 404, "No RPC route or HTTP path has this name."),
+    MethodNotAllowed => ("method_not_allowed", 405, "The HTTP method is not supported on this path."),
+    Conflict => ("conflict", 409, "The request conflicts with existing state (for example a taken username)."),
+    PayloadTooLarge => ("payload_too_large", 413, "A body, frame or field exceeds its limit."),
+    RateLimited => ("rate_limited", 429, "Too many requests; retry after the indicated delay."),
+    Internal => ("internal", 500, "The server failed; details are in its log, never on the wire."),
+    Unavailable => ("unavailable", 503, "The server is starting, shutting down or cannot reach its database."),
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for ErrorCode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn codes_are_unique_snake_case_and_round_trip() {
+        let mut seen = HashSet::new();
+        for &code in ErrorCode::ALL {
+            let wire = code.as_str();
+            assert!(seen.insert(wire), "duplicate code {wire}");
+            assert!(
+                wire.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                "{wire} is not snake_case"
+            );
+            assert_eq!(ErrorCode::from_wire(wire), Some(code));
+            assert!((400..600).contains(&code.http_status()));
+        }
+        assert_eq!(ErrorCode::from_wire("no_such_code"), None);
+    }
+}
