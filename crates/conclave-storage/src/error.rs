@@ -1,0 +1,36 @@
+/// What can go wrong in storage. Variants carry text for the log; the wire
+/// never sees it (the server maps every variant to `internal` or
+/// `unavailable`).
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("storage is closed")]
+    Closed,
+    #[error("database is unavailable: {0}")]
+    Unavailable(String),
+    #[error("migration failed: {0}")]
+    Migration(String),
+    #[error("database is inconsistent: {0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("database error: {0}")]
+    Database(String),
+}
+
+impl From<sqlx::Error> for StorageError {
+    fn from(err: sqlx::Error) -> Self {
+        match err {
+            sqlx::Error::PoolClosed => StorageError::Closed,
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) => {
+                StorageError::Unavailable(err.to_string())
+            }
+            other => StorageError::Database(other.to_string()),
+        }
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StorageError {
+    fn from(err: sqlx::migrate::MigrateError) -> Self {
+        StorageError::Migration(err.to_string())
+    }
+}

@@ -1,0 +1,85 @@
+//! Conclave's storage layer.
+//!
+//! The server talks to storage only through the traits in this crate, one
+//! per concern. Each backend (SQLite now, PostgreSQL later) implements all
+//! of them and must pass the same [`conformance`] suite; migrations are
+//! append-only SQL files under `migrations/<backend>/`.
+
+pub mod conformance;
+mod error;
+mod metrics;
+pub use metrics::register as register_metrics;
+mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+pub use error::StorageError;
+pub use sqlite::{SqliteOptions, SqliteStorage};
+
+/// One applied schema migration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedMigration {
+    pub version: i64,
+    pub description: String,
+}
+
+/// What every backend provides: the connection lifecycle and health.
+#[async_trait]
+pub trait Storage: Send + Sync + 'static {
+    /// Short backend name for logs and metrics (`sqlite`, `postgres`).
+    fn backend(&self) -> &'static str;
+
+    /// Succeeds when the database answers a trivial query.
+    async fn ping(&self) -> Result<(), StorageError>;
+
+    /// Migrations applied to this database, oldest first.
+    async fn applied_migrations(&self) -> Result<Vec<AppliedMigration>, StorageError>;
+
+    /// Checks the database's own consistency (SQLite `integrity_check`).
+    async fn check_integrity(&self) -> Result<(), StorageError>;
+
+    /// Flushes what the backend buffers (the SQLite WAL is checkpointed into
+    /// the main file) and closes every connection. Later calls fail with
+    /// [`StorageError::Closed`].
+    async fn close(&self);
+
+    fn meta(&self) -> &dyn MetaStore;
+}
+
+/// Write-once facts about the installation.
+#[async_trait]
+pub trait MetaStore: Send + Sync {
+    async fn get(&self, key: &str) -> Result<Option<String>, StorageError>;
+
+    /// Stores `value` under `key` unless the key already has a value, and
+    /// returns the value that is stored now. Concurrent callers (several
+    /// nodes starting at once) all get the same winner.
+    async fn get_or_insert(
+        &self,
+        key: &str,
+        value: &str,
+        now_ms: i64,
+    ) -> Result<String, StorageError>;
+}
+
+/// Opens the backend named by `url`'s scheme and brings its schema up to
+/// date.
+pub async fn open(url: &str, options: SqliteOptions) -> Result<Arc<dyn Storage>, StorageError> {
+    let scheme = url
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    match scheme.as_str() {
+        "sqlite" => Ok(Arc::new(SqliteStorage::open(url, options).await?)),
+        "postgres" | "postgresql" => Err(StorageError::Unsupported(
+            "the PostgreSQL backend is not part of this build yet; use the embedded SQLite default"
+                .to_owned(),
+        )),
+        other => Err(StorageError::Unsupported(format!(
+            "unknown database scheme `{other}` (expected sqlite:// or postgres://)"
+        ))),
+    }
+}

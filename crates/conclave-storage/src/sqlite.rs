@@ -1,0 +1,182 @@
+//! The embedded SQLite backend.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use crate::metrics::timed;
+use crate::{AppliedMigration, MetaStore, Storage, StorageError};
+
+const BACKEND: &str = "sqlite";
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Tuning for the SQLite backend (from the `[database]` configuration).
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    pub max_connections: u32,
+    pub busy_timeout_ms: u64,
+    pub acquire_timeout_ms: u64,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 8,
+            busy_timeout_ms: 5_000,
+            acquire_timeout_ms: 5_000,
+        }
+    }
+}
+
+pub struct SqliteStorage {
+    pool: SqlitePool,
+}
+
+impl SqliteStorage {
+    /// Opens (creating if needed) the database at `url` (`sqlite://PATH`),
+    /// switches it to WAL and runs pending migrations.
+    pub async fn open(url: &str, options: SqliteOptions) -> Result<Self, StorageError> {
+        let connect = SqliteConnectOptions::from_str(url)
+            .map_err(|err| StorageError::Unavailable(format!("bad sqlite url: {err}")))?
+            .create_if_missing(true)
+            // WAL lets readers proceed while one writer commits.
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: an acknowledged write survives power loss, not just a
+            // process crash. Group commit amortizes the extra fsync.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_millis(options.busy_timeout_ms));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(Duration::from_millis(options.acquire_timeout_ms))
+            .connect_with(connect)
+            .await?;
+        timed(BACKEND, "migrate", MIGRATOR.run(&pool)).await?;
+        Ok(Self { pool })
+    }
+
+    /// Migrations this build knows, for `conclave migrate` to report.
+    pub fn known_migrations() -> Vec<AppliedMigration> {
+        MIGRATOR
+            .iter()
+            .map(|m| AppliedMigration {
+                version: m.version,
+                description: m.description.to_string(),
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Storage for SqliteStorage {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    async fn ping(&self) -> Result<(), StorageError> {
+        timed(BACKEND, "ping", async {
+            sqlx::query("SELECT 1").execute(&self.pool).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn applied_migrations(&self) -> Result<Vec<AppliedMigration>, StorageError> {
+        timed(BACKEND, "applied_migrations", async {
+            let rows: Vec<(i64, String)> = sqlx::query_as(
+                "SELECT version, description FROM _sqlx_migrations WHERE success ORDER BY version",
+            )
+            .fetch_all(&self.pool)
+            .await?;
+            Ok(rows
+                .into_iter()
+                .map(|(version, description)| AppliedMigration {
+                    version,
+                    description,
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn check_integrity(&self) -> Result<(), StorageError> {
+        timed(BACKEND, "check_integrity", async {
+            let rows: Vec<(String,)> = sqlx::query_as("PRAGMA integrity_check")
+                .fetch_all(&self.pool)
+                .await?;
+            match rows.as_slice() {
+                [(ok,)] if ok == "ok" => Ok(()),
+                problems => Err(StorageError::Corrupt(
+                    problems
+                        .iter()
+                        .map(|(p,)| p.as_str())
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                )),
+            }
+        })
+        .await
+    }
+
+    async fn close(&self) {
+        if self.pool.is_closed() {
+            return;
+        }
+        // Fold the WAL back into the database file so the data directory is
+        // a single self-contained file after a clean shutdown.
+        if let Err(err) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await
+        {
+            tracing::warn!(error = %err, "WAL checkpoint at close failed; SQLite will replay the WAL on next open");
+        }
+        self.pool.close().await;
+    }
+
+    fn meta(&self) -> &dyn MetaStore {
+        self
+    }
+}
+
+#[async_trait]
+impl MetaStore for SqliteStorage {
+    async fn get(&self, key: &str) -> Result<Option<String>, StorageError> {
+        timed(BACKEND, "meta_get", async {
+            let row: Option<(String,)> =
+                sqlx::query_as("SELECT value FROM conclave_meta WHERE key = ?")
+                    .bind(key)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            Ok(row.map(|(value,)| value))
+        })
+        .await
+    }
+
+    async fn get_or_insert(
+        &self,
+        key: &str,
+        value: &str,
+        now_ms: i64,
+    ) -> Result<String, StorageError> {
+        timed(BACKEND, "meta_get_or_insert", async {
+            // One statement, so concurrent writers cannot both "win".
+            let (stored,): (String,) = sqlx::query_as(
+                "INSERT INTO conclave_meta (key, value, created_at) VALUES (?, ?, ?) \
+                 ON CONFLICT (key) DO UPDATE SET key = excluded.key \
+                 RETURNING value",
+            )
+            .bind(key)
+            .bind(value)
+            .bind(now_ms)
+            .fetch_one(&self.pool)
+            .await?;
+            Ok(stored)
+        })
+        .await
+    }
+}
