@@ -1,0 +1,224 @@
+//! The Conclave server: binds the listeners, wires storage, metrics and
+//! secrets together, and shuts everything down in order.
+//!
+//! Startup: data directory -> secrets -> storage (migrations) -> listeners.
+//! Shutdown (SIGINT/SIGTERM or [`ServerHandle::shutdown`]): stop accepting,
+//! let in-flight requests finish up to `server.shutdown_deadline_ms`, then
+//! close storage (which flushes the SQLite WAL) and return.
+
+mod admin;
+mod api_error;
+mod http;
+mod listener;
+pub mod logging;
+mod metrics;
+pub mod secrets;
+mod shutdown;
+mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use conclave_config::Config;
+use conclave_storage::{SqliteOptions, Storage};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use api_error::ApiError;
+pub use shutdown::wait_for_signal;
+
+use crate::listener::CountingListener;
+use crate::metrics::Metrics;
+use crate::secrets::ServerSecrets;
+use crate::state::AppState;
+
+/// Key under which the installation id is kept in storage.
+const INSTALLATION_ID_KEY: &str = "installation_id";
+
+/// A running server.
+pub struct ServerHandle {
+    pub http_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    storage: Arc<dyn Storage>,
+    deadline: Duration,
+}
+
+impl ServerHandle {
+    /// Asks the server to stop accepting work (idempotent).
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Waits for shutdown to be requested, drains in-flight work up to the
+    /// deadline, and closes storage.
+    pub async fn stopped(self) {
+        self.shutdown.cancelled().await;
+        tracing::info!(
+            deadline_ms = self.deadline.as_millis() as u64,
+            "shutting down"
+        );
+        self.tasks.close();
+        if tokio::time::timeout(self.deadline, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "in-flight work did not finish before the shutdown deadline; cutting it off"
+            );
+        }
+        self.storage.close().await;
+        tracing::info!("stopped");
+    }
+}
+
+/// Opens the storage the configuration names (running migrations).
+pub async fn open_storage(config: &Config) -> anyhow::Result<Arc<dyn Storage>> {
+    let url = config.database_url();
+    if url.scheme().as_deref() == Some("sqlite") && config.database.url.is_none() {
+        create_private_dir(&config.data_dir)?;
+    }
+    let options = SqliteOptions {
+        max_connections: config.database.max_connections,
+        busy_timeout_ms: config.database.busy_timeout_ms,
+        acquire_timeout_ms: config.database.acquire_timeout_ms,
+    };
+    conclave_storage::open(url.expose(), options)
+        .await
+        .with_context(|| format!("opening database {url}"))
+}
+
+/// Starts every listener and returns once they are bound.
+pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
+    create_private_dir(&config.data_dir)?;
+    let secrets =
+        ServerSecrets::load_or_generate(&config.data_dir, config.auth.token_signing_key.as_ref())?;
+    let storage = open_storage(&config).await?;
+    let installation_id = storage
+        .meta()
+        .get_or_insert(INSTALLATION_ID_KEY, &secrets::random_hex(16)?, unix_ms())
+        .await
+        .context("reading the installation id")?;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        installation_id = %installation_id,
+        database = %config.database_url(),
+        data_dir = %config.data_dir.display(),
+        token_key_fingerprint = %secrets.token_key_fingerprint(),
+        noise_public_key = %secrets.noise_public_hex(),
+        "server identity"
+    );
+
+    let metrics = Arc::new(Metrics::new());
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let state = AppState::new(
+        config.clone(),
+        storage.clone(),
+        metrics.clone(),
+        secrets,
+        installation_id,
+    );
+
+    let bind = config.server.bind;
+    let http_listener = CountingListener::bind(
+        SocketAddr::new(bind, config.server.http_port),
+        "http",
+        config.server.max_connections,
+        metrics.clone(),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "binding the HTTP listener on {bind}:{}",
+            config.server.http_port
+        )
+    })?;
+    let admin_listener =
+        tokio::net::TcpListener::bind(SocketAddr::new(bind, config.server.admin_port))
+            .await
+            .with_context(|| {
+                format!(
+                    "binding the admin listener on {bind}:{}",
+                    config.server.admin_port
+                )
+            })?;
+    let http_addr = http_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+
+    let app = http::router(state.clone());
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        if let Err(err) = axum::serve(http_listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+        {
+            tracing::error!(error = %err, "HTTP listener failed");
+        }
+    });
+    let admin_app = admin::router(state.clone());
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        if let Err(err) = axum::serve(admin_listener, admin_app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+        {
+            tracing::error!(error = %err, "admin listener failed");
+        }
+    });
+    // Readiness flips to 503 the moment shutdown starts, so load balancers
+    // stop sending new work while in-flight requests drain.
+    let draining = state.clone();
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        stop.cancelled().await;
+        draining.start_draining();
+    });
+
+    tracing::info!(%http_addr, %admin_addr, "listening");
+    Ok(ServerHandle {
+        http_addr,
+        admin_addr,
+        shutdown,
+        tasks,
+        storage,
+        deadline: Duration::from_millis(config.server.shutdown_deadline_ms),
+    })
+}
+
+/// Runs the server until SIGINT/SIGTERM, then shuts down gracefully.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let handle = start(config).await?;
+    let trigger = handle.shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        trigger.cancel();
+    });
+    handle.stopped().await;
+    Ok(())
+}
+
+fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating data directory {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir)?.permissions().mode();
+        if mode & 0o077 != 0 && mode & 0o7777 == 0o755 {
+            // A directory we just created with the default umask: tighten it.
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

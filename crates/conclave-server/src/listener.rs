@@ -1,0 +1,146 @@
+//! A TCP listener that counts its connections and enforces
+//! `server.max_connections`.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::metrics::Metrics;
+
+/// Pause after an accept error (typically EMFILE) so a full file table does
+/// not turn the accept loop into a busy loop.
+const ACCEPT_ERROR_BACKOFF_MS: u64 = 50;
+
+pub(crate) struct CountingListener {
+    inner: TcpListener,
+    transport: &'static str,
+    slots: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+}
+
+impl CountingListener {
+    pub async fn bind(
+        addr: SocketAddr,
+        transport: &'static str,
+        max_connections: u32,
+        metrics: Arc<Metrics>,
+    ) -> io::Result<Self> {
+        Ok(Self {
+            inner: TcpListener::bind(addr).await?,
+            transport,
+            slots: Arc::new(Semaphore::new(max_connections as usize)),
+            metrics,
+        })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+}
+
+impl axum::serve::Listener for CountingListener {
+    type Io = CountedStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (stream, peer) = match self.inner.accept().await {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::warn!(error = %err, transport = self.transport, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(ACCEPT_ERROR_BACKOFF_MS)).await;
+                    continue;
+                }
+            };
+            // Over the cap the connection is closed at once: a fast refusal
+            // lets the client try another node instead of hanging.
+            let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+                self.metrics
+                    .connections_rejected
+                    .with_label_values(&[self.transport])
+                    .inc();
+                drop(stream);
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let gauge = self
+                .metrics
+                .connections
+                .with_label_values(&[self.transport]);
+            gauge.inc();
+            return (
+                CountedStream {
+                    inner: stream,
+                    _permit: permit,
+                    gauge,
+                },
+                peer,
+            );
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// A connection that gives back its slot and decrements the gauge when
+/// dropped.
+pub(crate) struct CountedStream {
+    inner: TcpStream,
+    _permit: OwnedSemaphorePermit,
+    gauge: prometheus::IntGauge,
+}
+
+impl Drop for CountedStream {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+impl AsyncRead for CountedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for CountedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
