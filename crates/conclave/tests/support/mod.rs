@@ -1,0 +1,190 @@
+//! Runs the real `conclave` binary for tests: ephemeral ports, a private
+//! data directory, a scrubbed environment, JSON logs parsed as they arrive.
+
+#![allow(dead_code)] // each test file uses a different part of this module
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a server may take to bind its listeners. Generous: CI machines
+/// build and start other tests at the same time.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Variables from the host that would change what the binary does.
+fn is_host_setting(name: &str) -> bool {
+    name.starts_with("CONCLAVE_") || matches!(name, "DATABASE_URL" | "REDIS_URL" | "NATS_URL" | "RUST_LOG")
+}
+
+/// `conclave ARGS` in `cwd`, with the host's Conclave settings removed.
+pub fn conclave(cwd: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_conclave"));
+    cmd.current_dir(cwd);
+    for (name, _) in std::env::vars() {
+        if is_host_setting(&name) {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null()).output().expect("run conclave")
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[derive(Default)]
+struct Logs {
+    lines: Vec<serde_json::Value>,
+    closed: bool,
+}
+
+/// A running `conclave serve`.
+pub struct Server {
+    child: Child,
+    logs: Arc<(Mutex<Logs>, Condvar)>,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+    pub cwd: PathBuf,
+}
+
+impl Server {
+    /// Starts `conclave serve` on loopback with ephemeral ports, JSON logs
+    /// and `extra` arguments, in `cwd`.
+    pub fn start(cwd: &Path, extra: &[&str]) -> Server {
+        Server::start_with(conclave(cwd), cwd, extra)
+    }
+
+    pub fn start_with(mut cmd: Command, cwd: &Path, extra: &[&str]) -> Server {
+        cmd.args([
+            "serve",
+            "--bind",
+            "127.0.0.1",
+            "--http-port",
+            "0",
+            "--admin-port",
+            "0",
+            "--log-format",
+            "json",
+        ])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn conclave serve");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let logs: Arc<(Mutex<Logs>, Condvar)> = Arc::default();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let value = serde_json::from_str(&line).unwrap_or(serde_json::Value::String(line));
+                let (lock, cvar) = &*sink;
+                lock.lock().unwrap().lines.push(value);
+                cvar.notify_all();
+            }
+            let (lock, cvar) = &*sink;
+            lock.lock().unwrap().closed = true;
+            cvar.notify_all();
+        });
+        let mut server = Server {
+            child,
+            logs,
+            http: "0.0.0.0:0".parse().unwrap(),
+            admin: "0.0.0.0:0".parse().unwrap(),
+            cwd: cwd.to_path_buf(),
+        };
+        let listening = server.wait_for_log("listening", STARTUP_TIMEOUT);
+        server.http = listening["http_addr"].as_str().unwrap().parse().unwrap();
+        server.admin = listening["admin_addr"].as_str().unwrap().parse().unwrap();
+        server
+    }
+
+    /// The first log event whose message is `message`, waiting for it.
+    pub fn wait_for_log(&self, message: &str, timeout: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        let (lock, cvar) = &*self.logs;
+        let mut logs = lock.lock().unwrap();
+        loop {
+            if let Some(line) = logs.lines.iter().find(|l| l["message"] == message) {
+                return line.clone();
+            }
+            let now = Instant::now();
+            if logs.closed || now >= deadline {
+                panic!("no `{message}` log line; the server said:\n{:#?}", logs.lines);
+            }
+            logs = cvar.wait_timeout(logs, deadline - now).unwrap().0;
+        }
+    }
+
+    pub fn logs(&self) -> Vec<serde_json::Value> {
+        self.logs.0.lock().unwrap().lines.clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits for the process to exit, failing the test after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                panic!("server did not exit within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal("TERM");
+        self.wait_exit(Duration::from_secs(30))
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
