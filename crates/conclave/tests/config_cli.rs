@@ -10,7 +10,10 @@ fn generated_config_validates_and_is_not_overwritten_by_accident() {
     let output = run(conclave(dir.path()).args(["generate-config", "conclave.toml"]));
     assert!(output.status.success(), "{}", stderr(&output));
     let text = std::fs::read_to_string(dir.path().join("conclave.toml")).unwrap();
-    assert!(text.contains("http_port = 8080") && text.contains("# "), "commented example");
+    assert!(
+        text.contains("http_port = 8080") && text.contains("# "),
+        "commented example"
+    );
 
     let output = run(conclave(dir.path()).args(["validate-config", "conclave.toml"]));
     assert!(output.status.success(), "{}", stderr(&output));
@@ -61,7 +64,10 @@ fn serve_refuses_an_invalid_configuration_before_touching_anything() {
     assert_eq!(output.status.code(), Some(2));
     let report = stderr(&output);
     assert!(report.contains("server.http_port"), "{report}");
-    assert!(report.contains("CONCLAVE_SERVER__HTTP_PORT"), "names the variable: {report}");
+    assert!(
+        report.contains("CONCLAVE_SERVER__HTTP_PORT"),
+        "names the variable: {report}"
+    );
     assert!(!dir.path().join("d").exists(), "nothing created");
 }
 
@@ -94,7 +100,9 @@ fn dotenv_is_loaded_but_real_environment_wins() {
         "CONCLAVE_SERVER__GRPC_PORT=4444\nCONCLAVE_SERVER__TCP_PORT=5555\n",
     )
     .unwrap();
-    let output = run(conclave(dir.path()).arg("show-config").env("CONCLAVE_SERVER__TCP_PORT", "6666"));
+    let output = run(conclave(dir.path())
+        .arg("show-config")
+        .env("CONCLAVE_SERVER__TCP_PORT", "6666"));
     assert!(output.status.success(), "{}", stderr(&output));
     let shown: toml::Table = stdout(&output).parse().unwrap();
     assert_eq!(shown["server"]["grpc_port"].as_integer(), Some(4444));
@@ -107,7 +115,10 @@ fn show_config_never_prints_a_secret() {
     let key = "5e".repeat(32);
     let output = run(conclave(dir.path())
         .arg("show-config")
-        .env("DATABASE_URL", "postgres://app:s3cr3t-pw@db:5432/conclave?password=s3cr3t-q")
+        .env(
+            "DATABASE_URL",
+            "postgres://app:s3cr3t-pw@db:5432/conclave?password=s3cr3t-q",
+        )
         .env("CONCLAVE_AUTH__TOKEN_SIGNING_KEY", &key)
         .env("CONCLAVE_CLUSTER__BUS", "redis")
         .env("REDIS_URL", "redis://:s3cr3t-redis@cache:6379"));
@@ -116,8 +127,14 @@ fn show_config_never_prints_a_secret() {
     for secret in ["s3cr3t-pw", "s3cr3t-q", "s3cr3t-redis", key.as_str()] {
         assert!(!shown.contains(secret), "leaked {secret}:\n{shown}");
     }
-    assert!(shown.contains("postgres://app:<redacted>@db:5432/conclave"), "{shown}");
-    assert!(shown.contains("token_signing_key = \"<redacted>\""), "{shown}");
+    assert!(
+        shown.contains("postgres://app:<redacted>@db:5432/conclave"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("token_signing_key = \"<redacted>\""),
+        "{shown}"
+    );
 }
 
 #[test]
@@ -142,8 +159,19 @@ fn help_and_version_describe_the_binary() {
     let output = run(conclave(dir.path()).args(["serve", "--help"]));
     let help = stdout(&output);
     for flag in [
-        "--config", "--dev", "--quiet", "--data-dir", "--bind", "--http-port", "--admin-port", "--grpc-port",
-        "--tcp-port", "--quic-port", "--log-level", "--log-format", "--max-connections",
+        "--config",
+        "--dev",
+        "--quiet",
+        "--data-dir",
+        "--bind",
+        "--http-port",
+        "--admin-port",
+        "--grpc-port",
+        "--tcp-port",
+        "--quic-port",
+        "--log-level",
+        "--log-format",
+        "--max-connections",
     ] {
         assert!(help.contains(flag), "{flag} missing from serve --help");
     }

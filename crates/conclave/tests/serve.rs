@@ -26,9 +26,15 @@ async fn starts_with_no_configuration_and_keeps_its_secrets_across_restarts() {
     assert_eq!(health.status(), 200);
 
     let data = dir.path().join("conclave-data");
-    assert!(data.join("conclave.db").is_file(), "embedded database in ./conclave-data");
+    assert!(
+        data.join("conclave.db").is_file(),
+        "embedded database in ./conclave-data"
+    );
     let identity = server.wait_for_log("server identity", Duration::from_secs(5));
-    let fingerprint = identity["token_key_fingerprint"].as_str().unwrap().to_owned();
+    let fingerprint = identity["token_key_fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let noise_key = identity["noise_public_key"].as_str().unwrap().to_owned();
     let installation = identity["installation_id"].as_str().unwrap().to_owned();
     assert_eq!(fingerprint.len(), 16);
@@ -42,7 +48,11 @@ async fn starts_with_no_configuration_and_keeps_its_secrets_across_restarts() {
         .json()
         .await
         .unwrap();
-    assert_eq!(info["noise_public_key"], noise_key.as_str(), "the pinning key is published");
+    assert_eq!(
+        info["noise_public_key"],
+        noise_key.as_str(),
+        "the pinning key is published"
+    );
 
     assert!(server.stop().success());
 
@@ -54,9 +64,15 @@ async fn starts_with_no_configuration_and_keeps_its_secrets_across_restarts() {
     assert!(again.stop().success());
 
     let shown = stdout(&run(conclave(dir.path()).arg("show-config")));
-    assert!(shown.contains(&fingerprint), "show-config names the same key:\n{shown}");
+    assert!(
+        shown.contains(&fingerprint),
+        "show-config names the same key:\n{shown}"
+    );
     let secret_file = std::fs::read_to_string(data.join("secrets/token_signing.key")).unwrap();
-    assert!(!shown.contains(secret_file.trim()), "show-config printed the key itself");
+    assert!(
+        !shown.contains(secret_file.trim()),
+        "show-config printed the key itself"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,12 +81,21 @@ async fn unknown_routes_and_methods_get_json_errors_with_request_ids() {
     let server = Server::start(dir.path(), &["--data-dir", "d"]);
     let http = client();
 
-    let response = http.get(server.http_url("/no/such/thing")).send().await.unwrap();
+    let response = http
+        .get(server.http_url("/no/such/thing"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 404);
     assert!(response.headers().contains_key("x-request-id"));
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "unknown_route");
-    assert!(body["error"]["message"].as_str().unwrap().contains("/no/such/thing"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/no/such/thing")
+    );
 
     let response = http
         .post(server.http_url("/v1/server-info"))
@@ -101,7 +126,10 @@ async fn metrics_are_valid_prometheus_text() {
     let response = http.get(server.admin_url("/metrics")).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert!(
-        response.headers()["content-type"].to_str().unwrap().starts_with("text/plain"),
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain"),
         "Prometheus text content type"
     );
     let text = response.text().await.unwrap();
@@ -127,7 +155,12 @@ async fn metrics_are_valid_prometheus_text() {
                 .stderr(std::process::Stdio::piped())
                 .spawn()
                 .unwrap();
-            child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
             let output = child.wait_with_output().unwrap();
             assert!(
                 output.status.success(),
@@ -153,7 +186,9 @@ async fn connections_beyond_the_limit_are_refused_and_counted() {
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut stream = TcpStream::connect(server.http).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         stream.write_all(request.as_bytes()).unwrap();
         let mut buf = [0u8; 512];
         let n = stream.read(&mut buf).unwrap();
@@ -162,15 +197,35 @@ async fn connections_beyond_the_limit_are_refused_and_counted() {
     }
     // A third is closed without an answer.
     let mut third = TcpStream::connect(server.http).unwrap();
-    third.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let _ = third.write_all(request.as_bytes());
     let mut buf = [0u8; 512];
     let n = third.read(&mut buf).unwrap_or(0);
-    assert_eq!(n, 0, "an over-limit connection must be closed, got {:?}", String::from_utf8_lossy(&buf[..n]));
+    assert_eq!(
+        n,
+        0,
+        "an over-limit connection must be closed, got {:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
 
-    let metrics = client().get(server.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("conclave_connections{transport=\"http\"} 2"), "{metrics}");
-    assert!(metrics.contains("conclave_connections_rejected_total{transport=\"http\"} 1"), "{metrics}");
+    let metrics = client()
+        .get(server.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("conclave_connections{transport=\"http\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("conclave_connections_rejected_total{transport=\"http\"} 1"),
+        "{metrics}"
+    );
 
     // Freeing a slot admits the next client.
     drop(held.pop());
@@ -184,8 +239,15 @@ async fn sigterm_under_load_drains_and_exits_zero_within_the_deadline() {
     let dir = tempfile::tempdir().unwrap();
     let deadline_ms: u64 = 3_000;
     let config = dir.path().join("conclave.toml");
-    std::fs::write(&config, format!("[server]\nshutdown_deadline_ms = {deadline_ms}\n")).unwrap();
-    let mut server = Server::start(dir.path(), &["--config", config.to_str().unwrap(), "--data-dir", "d"]);
+    std::fs::write(
+        &config,
+        format!("[server]\nshutdown_deadline_ms = {deadline_ms}\n"),
+    )
+    .unwrap();
+    let mut server = Server::start(
+        dir.path(),
+        &["--config", config.to_str().unwrap(), "--data-dir", "d"],
+    );
 
     let stop = Arc::new(AtomicBool::new(false));
     let answered = Arc::new(AtomicU64::new(0));
@@ -207,7 +269,8 @@ async fn sigterm_under_load_drains_and_exits_zero_within_the_deadline() {
                         // A complete JSON answer or a clean "draining" 503:
                         // never a torn response, never a server error.
                         let body = response.json::<serde_json::Value>().await;
-                        let clean = body.is_ok() && (status == 200 || (status == 503 && url.ends_with("/ready")));
+                        let clean = body.is_ok()
+                            && (status == 200 || (status == 503 && url.ends_with("/ready")));
                         if clean {
                             answered.fetch_add(1, Ordering::Relaxed);
                         } else {
@@ -221,7 +284,10 @@ async fn sigterm_under_load_drains_and_exits_zero_within_the_deadline() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(1_000)).await;
-    assert!(answered.load(Ordering::Relaxed) > 0, "load never reached the server");
+    assert!(
+        answered.load(Ordering::Relaxed) > 0,
+        "load never reached the server"
+    );
 
     let signalled = Instant::now();
     server.signal("TERM");
@@ -243,18 +309,31 @@ async fn sigterm_under_load_drains_and_exits_zero_within_the_deadline() {
         took < Duration::from_millis(deadline_ms) + Duration::from_secs(5),
         "took {took:?} with a {deadline_ms} ms deadline"
     );
-    assert_eq!(bad.load(Ordering::Relaxed), 0, "torn or failed responses during shutdown");
+    assert_eq!(
+        bad.load(Ordering::Relaxed),
+        0,
+        "torn or failed responses during shutdown"
+    );
     let messages: Vec<String> = server
         .logs()
         .iter()
         .filter_map(|l| l["message"].as_str().map(str::to_owned))
         .collect();
-    assert!(messages.iter().any(|m| m == "shutting down"), "{messages:?}");
-    assert_eq!(messages.last().map(String::as_str), Some("stopped"), "{messages:?}");
+    assert!(
+        messages.iter().any(|m| m == "shutting down"),
+        "{messages:?}"
+    );
+    assert_eq!(
+        messages.last().map(String::as_str),
+        Some("stopped"),
+        "{messages:?}"
+    );
 
     // The database was closed cleanly: WAL folded in, consistent, intact.
     let db = dir.path().join("d/conclave.db");
-    let wal_len = std::fs::metadata(db.with_extension("db-wal")).map(|m| m.len()).unwrap_or(0);
+    let wal_len = std::fs::metadata(db.with_extension("db-wal"))
+        .map(|m| m.len())
+        .unwrap_or(0);
     assert_eq!(wal_len, 0, "clean shutdown checkpoints the WAL");
     let storage = conclave_storage::open(
         &format!("sqlite://{}", db.display()),
@@ -263,7 +342,14 @@ async fn sigterm_under_load_drains_and_exits_zero_within_the_deadline() {
     .await
     .unwrap();
     storage.check_integrity().await.unwrap();
-    assert!(storage.meta().get("installation_id").await.unwrap().is_some());
+    assert!(
+        storage
+            .meta()
+            .get("installation_id")
+            .await
+            .unwrap()
+            .is_some()
+    );
     storage.close().await;
 }
 

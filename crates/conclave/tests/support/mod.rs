@@ -16,7 +16,8 @@ pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Variables from the host that would change what the binary does.
 fn is_host_setting(name: &str) -> bool {
-    name.starts_with("CONCLAVE_") || matches!(name, "DATABASE_URL" | "REDIS_URL" | "NATS_URL" | "RUST_LOG")
+    name.starts_with("CONCLAVE_")
+        || matches!(name, "DATABASE_URL" | "REDIS_URL" | "NATS_URL" | "RUST_LOG")
 }
 
 /// `conclave ARGS` in `cwd`, with the host's Conclave settings removed.
@@ -121,7 +122,10 @@ impl Server {
             }
             let now = Instant::now();
             if logs.closed || now >= deadline {
-                panic!("no `{message}` log line; the server said:\n{:#?}", logs.lines);
+                panic!(
+                    "no `{message}` log line; the server said:\n{:#?}",
+                    logs.lines
+                );
             }
             logs = cvar.wait_timeout(logs, deadline - now).unwrap().0;
         }
