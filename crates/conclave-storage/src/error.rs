@@ -13,6 +13,12 @@ pub enum StorageError {
     Corrupt(String),
     #[error("{0}")]
     Unsupported(String),
+    /// A uniqueness rule would be broken (a taken username...).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// A configured cap would be exceeded (devices per user...).
+    #[error("limit reached: {0}")]
+    LimitReached(String),
     #[error("database error: {0}")]
     Database(String),
 }

@@ -5,6 +5,7 @@
 //! of them and must pass the same [`conformance`] suite; migrations are
 //! append-only SQL files under `migrations/<backend>/`.
 
+mod accounts;
 pub mod conformance;
 mod error;
 mod metrics;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+pub use accounts::{AccountStore, DeviceLogin, DeviceRecord, NewUser, ProfileUpdate, UserRecord};
 pub use error::StorageError;
 pub use sqlite::{SqliteOptions, SqliteStorage};
 
@@ -46,6 +48,8 @@ pub trait Storage: Send + Sync + 'static {
     async fn close(&self);
 
     fn meta(&self) -> &dyn MetaStore;
+
+    fn accounts(&self) -> &dyn AccountStore;
 }
 
 /// Write-once facts about the installation.

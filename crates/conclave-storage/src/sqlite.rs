@@ -1,5 +1,7 @@
 //! The embedded SQLite backend.
 
+mod accounts;
+
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -35,6 +37,10 @@ impl Default for SqliteOptions {
 
 pub struct SqliteStorage {
     pool: SqlitePool,
+    /// SQLite admits one writer at a time. Serializing our own write
+    /// transactions here makes them queue in order instead of failing with
+    /// SQLITE_BUSY when a deferred transaction upgrades to a write lock.
+    write_lock: tokio::sync::Mutex<()>,
 }
 
 impl SqliteStorage {
@@ -57,7 +63,10 @@ impl SqliteStorage {
             .connect_with(connect)
             .await?;
         timed(BACKEND, "migrate", MIGRATOR.run(&pool)).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            write_lock: tokio::sync::Mutex::new(()),
+        })
     }
 
     /// Migrations this build knows, for `conclave migrate` to report.
@@ -141,6 +150,10 @@ impl Storage for SqliteStorage {
     fn meta(&self) -> &dyn MetaStore {
         self
     }
+
+    fn accounts(&self) -> &dyn crate::AccountStore {
+        self
+    }
 }
 
 #[async_trait]
@@ -164,6 +177,7 @@ impl MetaStore for SqliteStorage {
         now_ms: i64,
     ) -> Result<String, StorageError> {
         timed(BACKEND, "meta_get_or_insert", async {
+            let _writer = self.write_lock.lock().await;
             // One statement, so concurrent writers cannot both "win".
             let (stored,): (String,) = sqlx::query_as(
                 "INSERT INTO conclave_meta (key, value, created_at) VALUES (?, ?, ?) \
