@@ -16,7 +16,8 @@ mod validate;
 
 pub use layers::{ConfigError, ConfigErrors, ConfigSources, Origin, load};
 pub use schema::{
-    AuthConfig, BusKind, ClusterConfig, Config, DatabaseConfig, LogConfig, LogFormat, ServerConfig,
+    AuthConfig, BusKind, ClusterConfig, Config, DatabaseConfig, LimitsConfig, LogConfig, LogFormat,
+    ServerConfig,
 };
 pub use secret::{Secret, SecretUrl};
 

@@ -18,6 +18,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub log: LogConfig,
     pub auth: AuthConfig,
+    pub limits: LimitsConfig,
     pub cluster: ClusterConfig,
 }
 
@@ -29,6 +30,7 @@ impl Default for Config {
             database: DatabaseConfig::default(),
             log: LogConfig::default(),
             auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
             cluster: ClusterConfig::default(),
         }
     }
@@ -141,6 +143,12 @@ pub struct AuthConfig {
     /// nodes must accept each other's tokens.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_signing_key: Option<Secret>,
+    /// Active devices one account may have.
+    pub max_devices_per_user: u32,
+    /// Argon2id memory cost per password hash, in KiB.
+    pub password_hash_memory_kib: u32,
+    /// Argon2id passes per password hash.
+    pub password_hash_iterations: u32,
 }
 
 impl Default for AuthConfig {
@@ -149,6 +157,51 @@ impl Default for AuthConfig {
             access_token_ttl_secs: 15 * 60,
             refresh_token_ttl_secs: 30 * 24 * 60 * 60,
             token_signing_key: None,
+            max_devices_per_user: 10,
+            // OWASP's minimum recommendation for argon2id.
+            password_hash_memory_kib: 19_456,
+            password_hash_iterations: 2,
+        }
+    }
+}
+
+/// Bounds on what one client may hold or ask for.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// From accepting a connection until it is authenticated.
+    pub auth_timeout_ms: u64,
+    /// A connection that sends nothing (not even a pong) for this long is
+    /// closed.
+    pub idle_timeout_ms: u64,
+    /// How often the server pings an idle connection.
+    pub heartbeat_interval_ms: u64,
+    /// Frames queued for one session. A session that falls this far behind
+    /// is disconnected and catches up by sync when it returns.
+    pub session_send_queue_frames: u32,
+    /// Requests one session may have in progress; more wait their turn.
+    pub session_requests_in_flight: u32,
+    /// Sustained requests per second from one IP address.
+    pub requests_per_ip_per_sec: u32,
+    /// Requests one IP address may make in a burst above the sustained rate.
+    pub requests_per_ip_burst: u32,
+    /// Sustained requests per second from one user, over all devices.
+    pub requests_per_user_per_sec: u32,
+    pub requests_per_user_burst: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            auth_timeout_ms: 10_000,
+            idle_timeout_ms: 90_000,
+            heartbeat_interval_ms: 30_000,
+            session_send_queue_frames: 1_024,
+            session_requests_in_flight: 32,
+            requests_per_ip_per_sec: 200,
+            requests_per_ip_burst: 400,
+            requests_per_user_per_sec: 100,
+            requests_per_user_burst: 200,
         }
     }
 }

@@ -95,6 +95,66 @@ pub(crate) fn validate(config: &Config) -> Vec<(String, String)> {
         }
     }
 
+    if auth.max_devices_per_user == 0 {
+        fail("auth.max_devices_per_user", "must be at least 1".to_owned());
+    }
+    // Below 8 KiB argon2 refuses to run; above 1 GiB one login can exhaust
+    // a small server.
+    if !(8..=1_048_576).contains(&auth.password_hash_memory_kib) {
+        fail(
+            "auth.password_hash_memory_kib",
+            "must be between 8 and 1048576".to_owned(),
+        );
+    }
+    if !(1..=16).contains(&auth.password_hash_iterations) {
+        fail(
+            "auth.password_hash_iterations",
+            "must be between 1 and 16".to_owned(),
+        );
+    }
+
+    let limits = &config.limits;
+    let positive = [
+        ("limits.auth_timeout_ms", limits.auth_timeout_ms),
+        ("limits.idle_timeout_ms", limits.idle_timeout_ms),
+        ("limits.heartbeat_interval_ms", limits.heartbeat_interval_ms),
+        (
+            "limits.session_send_queue_frames",
+            u64::from(limits.session_send_queue_frames),
+        ),
+        (
+            "limits.session_requests_in_flight",
+            u64::from(limits.session_requests_in_flight),
+        ),
+        (
+            "limits.requests_per_ip_per_sec",
+            u64::from(limits.requests_per_ip_per_sec),
+        ),
+        (
+            "limits.requests_per_ip_burst",
+            u64::from(limits.requests_per_ip_burst),
+        ),
+        (
+            "limits.requests_per_user_per_sec",
+            u64::from(limits.requests_per_user_per_sec),
+        ),
+        (
+            "limits.requests_per_user_burst",
+            u64::from(limits.requests_per_user_burst),
+        ),
+    ];
+    for (field, value) in positive {
+        if value == 0 {
+            fail(field, "must be at least 1".to_owned());
+        }
+    }
+    if limits.heartbeat_interval_ms >= limits.idle_timeout_ms {
+        fail(
+            "limits.heartbeat_interval_ms",
+            "must be shorter than limits.idle_timeout_ms, or idle clients are cut off between pings".to_owned(),
+        );
+    }
+
     let cluster = &config.cluster;
     let bus_url = |url: &Option<crate::SecretUrl>, schemes: &[&str]| match url {
         None => Err("is required by the chosen cluster.bus".to_owned()),

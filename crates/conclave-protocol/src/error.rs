@@ -1,3 +1,4 @@
+use conclave_core::ErrorCode;
 use thiserror::Error;
 
 use crate::frame_type::FrameType;
@@ -77,18 +78,18 @@ impl CodecError {
     /// what class of mistake it made, and the exact structural detail is
     /// only useful in our own logs, where the `Display` text carries it.
     #[must_use]
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
             Self::VarintOverflow
             | Self::NonCanonicalVarint
             | Self::PayloadLengthMismatch { .. }
             | Self::EmptyFrame
-            | Self::TruncatedHeader => "malformed_frame",
-            Self::UnknownFrameType(_) => "unknown_frame_type",
-            Self::FrameTooLarge { .. } | Self::BufferFull { .. } => "frame_too_large",
-            Self::ControlTooLarge { .. } => "payload_too_large",
-            Self::InvalidJson(_) => "invalid_json",
-            Self::NotJson(_) => "wrong_payload_kind",
+            | Self::TruncatedHeader => ErrorCode::MalformedFrame,
+            Self::UnknownFrameType(_) => ErrorCode::UnknownFrameType,
+            Self::FrameTooLarge { .. } | Self::BufferFull { .. } => ErrorCode::FrameTooLarge,
+            Self::ControlTooLarge { .. } => ErrorCode::PayloadTooLarge,
+            Self::InvalidJson(_) => ErrorCode::InvalidJson,
+            Self::NotJson(_) => ErrorCode::WrongPayloadKind,
         }
     }
 

@@ -7,8 +7,12 @@
 //! checks lengths against the limits below before allocating and reports
 //! problems as [`CodecError`] values, never as panics.
 //!
+//! [`api`] is the RPC schema: every route's request and response types,
+//! the envelopes that carry them, and the pushed events.
+//!
 //! The byte-level format is specified in `docs/PROTOCOL.md`.
 
+pub mod api;
 mod decode;
 mod error;
 mod frame;

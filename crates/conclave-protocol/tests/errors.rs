@@ -319,7 +319,7 @@ fn error_codes_are_stable() {
         (CodecError::BufferFull { len: 1, max: 0 }, "frame_too_large"),
     ];
     for (err, code) in cases {
-        assert_eq!(err.code(), code, "{err:?}");
+        assert_eq!(err.code().as_str(), code, "{err:?}");
         let keeps_connection = matches!(err, CodecError::InvalidJson(_) | CodecError::NotJson(_));
         assert_eq!(err.ends_connection(), !keeps_connection, "{err:?}");
     }

@@ -1,0 +1,111 @@
+//! The RPC schema shared by the server and its clients.
+//!
+//! Each request type implements [`Route`], which names its route and its
+//! response type once; the server's route table and the client SDK are both
+//! built from these declarations, so they cannot disagree about a route.
+//!
+//! Requests and responses are JSON objects on every transport; this module
+//! also defines the envelopes around them (binary frames carry the same
+//! JSON inside `RpcRequest`/`RpcResponse`/`Event` frames).
+
+pub mod account;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone, without a token (registration, login, refresh).
+    Public,
+    /// A logged-in device.
+    Authenticated,
+}
+
+/// A request type, bound to its route name and its response type.
+pub trait Route: Serialize + DeserializeOwned + Send + 'static {
+    const NAME: &'static str;
+    const ACCESS: Access;
+    type Response: Serialize + DeserializeOwned + Send + 'static;
+}
+
+/// An empty request or response body: `{}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Empty {}
+
+/// The error object every transport uses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// A stable snake_case code from the error table.
+    pub code: String,
+    pub message: String,
+    /// For `rate_limited`: how long to wait before retrying.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}
+
+/// The payload of a binary `RpcRequest` frame (the request id is the
+/// frame's sequence number).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestPayload {
+    pub route: String,
+    #[serde(default = "empty_object")]
+    pub body: serde_json::Value,
+}
+
+/// A JSON-mode request on the WebSocket: the same fields plus the id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JsonRequest {
+    pub id: u64,
+    pub route: String,
+    #[serde(default = "empty_object")]
+    pub body: serde_json::Value,
+}
+
+/// The payload of a binary `RpcResponse` frame, and (with `id`) a JSON-mode
+/// response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResponsePayload {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
+/// A pushed event. In a binary `Event` frame, `channel_id` and `pts` travel
+/// in the frame header and are omitted here; in JSON mode they are fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventPayload {
+    pub event: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel_id: Option<conclave_core::ChannelId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pts: Option<u64>,
+    pub body: serde_json::Value,
+}
+
+/// The payload of a `Goaway` frame (and the close reason of a WebSocket).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GoawayPayload {
+    pub code: String,
+    pub message: String,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(serde_json::Map::new())
+}
+
+/// Names of the events the server pushes.
+pub mod events {
+    /// This session is being closed because its device was kicked, revoked
+    /// or logged out; the body says why.
+    pub const SESSION_KICKED: &str = "session/kicked";
+    /// The user's profile changed (pushed to the user's own devices).
+    pub const USER_UPDATED: &str = "user/updated";
+    /// The user's device list changed (pushed to the user's own devices).
+    pub const DEVICES_CHANGED: &str = "device/changed";
+}
