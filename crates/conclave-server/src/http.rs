@@ -4,16 +4,19 @@
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use conclave_core::ErrorCode;
+use conclave_core::limits::JSON_BODY_MAX_BYTES;
 use tracing::Instrument as _;
 
 use crate::api_error::ApiError;
 use crate::state::AppState;
+use crate::transport;
 
 const REQUEST_ID_HEADER: &str = "x-request-id";
 
@@ -25,6 +28,11 @@ pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(banner))
         .route("/v1/server-info", get(server_info))
+        .route(
+            "/api/v1/{*route}",
+            post(transport::http_api::call).layer(DefaultBodyLimit::max(JSON_BODY_MAX_BYTES)),
+        )
+        .route("/v1/ws", get(transport::ws::upgrade))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(

@@ -12,9 +12,16 @@ mod http;
 mod listener;
 pub mod logging;
 mod metrics;
+mod passwords;
+mod ratelimit;
+mod rpc;
 pub mod secrets;
+mod services;
+mod sessions;
 mod shutdown;
 mod state;
+mod tokens;
+mod transport;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -121,7 +128,10 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         metrics.clone(),
         secrets,
         installation_id,
+        shutdown.clone(),
+        tasks.clone(),
     );
+    rpc::register_metrics();
 
     let bind = config.server.bind;
     let http_listener = CountingListener::bind(
@@ -152,6 +162,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
     let app = http::router(state.clone());
     let stop = shutdown.clone();
     tasks.spawn(async move {
+        let app = app.into_make_service_with_connect_info::<listener::PeerAddr>();
         if let Err(err) = axum::serve(http_listener, app)
             .with_graceful_shutdown(stop.cancelled_owned())
             .await
@@ -176,6 +187,18 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
     tasks.spawn(async move {
         stop.cancelled().await;
         draining.start_draining();
+    });
+
+    let pruned = state.clone();
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        let mut every = tokio::time::interval(ratelimit::PRUNE_INTERVAL);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                _ = every.tick() => pruned.rate_limits.prune(),
+            }
+        }
     });
 
     tracing::info!(%http_addr, %admin_addr, "listening");

@@ -91,6 +91,19 @@ impl axum::serve::Listener for CountingListener {
     }
 }
 
+/// The client's address, as handlers extract it with
+/// `ConnectInfo<PeerAddr>`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PeerAddr(pub SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, CountingListener>>
+    for PeerAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, CountingListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
 /// A connection that gives back its slot and decrements the gauge when
 /// dropped.
 pub(crate) struct CountedStream {

@@ -1,0 +1,4 @@
+//! Route handlers, one module per feature area. Each module registers its
+//! routes into the table in its `register` function.
+
+pub(crate) mod accounts;

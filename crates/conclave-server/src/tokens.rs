@@ -1,0 +1,179 @@
+//! Access and refresh tokens.
+//!
+//! An access token is `ca1.<claims>.<mac>`: base64url JSON claims and an
+//! HMAC-SHA256 over `ca1.<claims>` with the server's signing key. It names
+//! the user, the device and the device's token epoch; the server checks the
+//! epoch against the device row, so kicking a device (epoch + 1) or revoking
+//! it invalidates its tokens at once, before they expire.
+//!
+//! A refresh token is 32 random bytes (base64url). Only its SHA-256 is
+//! stored; each use replaces it.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use conclave_core::{DeviceId, UserId};
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+
+const ACCESS_PREFIX: &str = "ca1.";
+
+/// A token longer than this is garbage; refusing it early bounds the work an
+/// unauthenticated request can cause.
+pub(crate) const TOKEN_LEN_MAX_BYTES: usize = 1024;
+
+const REFRESH_TOKEN_LEN_BYTES: usize = 32;
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct AccessClaims {
+    #[serde(rename = "u")]
+    pub user_id: UserId,
+    #[serde(rename = "d")]
+    pub device_id: DeviceId,
+    #[serde(rename = "e")]
+    pub epoch: i64,
+    /// Expiry, unix seconds.
+    #[serde(rename = "x")]
+    pub expires_at_secs: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TokenError {
+    /// Not a token we issued, or tampered with.
+    Invalid,
+    Expired,
+}
+
+pub(crate) fn issue_access(key: &[u8], claims: &AccessClaims) -> String {
+    let json = serde_json::to_vec(claims).unwrap_or_default();
+    let mut token = String::with_capacity(ACCESS_PREFIX.len() + json.len() * 2);
+    token.push_str(ACCESS_PREFIX);
+    URL_SAFE_NO_PAD.encode_string(&json, &mut token);
+    let mac = sign(key, token.as_bytes());
+    token.push('.');
+    URL_SAFE_NO_PAD.encode_string(mac, &mut token);
+    token
+}
+
+/// Checks the signature and expiry. The caller still has to check the epoch
+/// against the device.
+pub(crate) fn verify_access(
+    key: &[u8],
+    token: &str,
+    now_secs: i64,
+) -> Result<AccessClaims, TokenError> {
+    if token.len() > TOKEN_LEN_MAX_BYTES || !token.starts_with(ACCESS_PREFIX) {
+        return Err(TokenError::Invalid);
+    }
+    let (signed, mac_b64) = token.rsplit_once('.').ok_or(TokenError::Invalid)?;
+    let mac = URL_SAFE_NO_PAD
+        .decode(mac_b64)
+        .map_err(|_| TokenError::Invalid)?;
+    let mut verifier =
+        <Hmac<Sha256> as Mac>::new_from_slice(key).map_err(|_| TokenError::Invalid)?;
+    verifier.update(signed.as_bytes());
+    // Constant-time comparison: a timing oracle on the MAC would let an
+    // attacker forge tokens byte by byte.
+    verifier
+        .verify_slice(&mac)
+        .map_err(|_| TokenError::Invalid)?;
+    let claims_b64 = signed
+        .strip_prefix(ACCESS_PREFIX)
+        .ok_or(TokenError::Invalid)?;
+    let json = URL_SAFE_NO_PAD
+        .decode(claims_b64)
+        .map_err(|_| TokenError::Invalid)?;
+    let claims: AccessClaims = serde_json::from_slice(&json).map_err(|_| TokenError::Invalid)?;
+    if claims.expires_at_secs <= now_secs {
+        return Err(TokenError::Expired);
+    }
+    Ok(claims)
+}
+
+fn sign(key: &[u8], data: &[u8]) -> [u8; 32] {
+    // HMAC accepts keys of any length, so this cannot fail.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(data);
+    mac.finalize().into_bytes().into()
+}
+
+/// A new refresh token and the hash to store for it.
+pub(crate) fn new_refresh_token() -> anyhow::Result<(String, [u8; 32])> {
+    let mut raw = [0u8; REFRESH_TOKEN_LEN_BYTES];
+    getrandom::fill(&mut raw).map_err(|err| anyhow::anyhow!("OS randomness unavailable: {err}"))?;
+    let token = URL_SAFE_NO_PAD.encode(raw);
+    let hash = hash_refresh_token(&token);
+    Ok((token, hash))
+}
+
+pub(crate) fn hash_refresh_token(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(expires_at_secs: i64) -> AccessClaims {
+        AccessClaims {
+            user_id: UserId::new(7),
+            device_id: DeviceId::new(9),
+            epoch: 2,
+            expires_at_secs,
+        }
+    }
+
+    #[test]
+    fn a_token_verifies_with_its_key_until_it_expires() {
+        let key = [1u8; 32];
+        let token = issue_access(&key, &claims(1_000));
+        assert_eq!(verify_access(&key, &token, 999), Ok(claims(1_000)));
+        assert_eq!(verify_access(&key, &token, 1_000), Err(TokenError::Expired));
+        assert_eq!(
+            verify_access(&[2u8; 32], &token, 0),
+            Err(TokenError::Invalid)
+        );
+    }
+
+    #[test]
+    fn tampered_or_garbage_tokens_are_invalid() {
+        let key = [1u8; 32];
+        let token = issue_access(&key, &claims(1_000));
+        let forged = issue_access(
+            &[3u8; 32],
+            &AccessClaims {
+                user_id: UserId::new(1),
+                ..claims(1_000)
+            },
+        );
+        let (_, forged_mac) = forged.rsplit_once('.').unwrap();
+        let (signed, _) = token.rsplit_once('.').unwrap();
+        let swapped_mac = format!("{signed}.{forged_mac}");
+        let (_, honest_mac) = token.rsplit_once('.').unwrap();
+        let (forged_claims, _) = forged.rsplit_once('.').unwrap();
+        let swapped_claims = format!("{forged_claims}.{honest_mac}");
+        for bad in [
+            "",
+            "ca1.",
+            "ca1..",
+            "bearer",
+            &swapped_mac,
+            &swapped_claims,
+            &"x".repeat(TOKEN_LEN_MAX_BYTES + 1),
+        ] {
+            assert_eq!(
+                verify_access(&key, bad, 0),
+                Err(TokenError::Invalid),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn refresh_tokens_are_random_and_only_their_hash_is_kept() {
+        let (a, hash_a) = new_refresh_token().unwrap();
+        let (b, _) = new_refresh_token().unwrap();
+        assert_ne!(a, b);
+        assert_eq!(hash_refresh_token(&a), hash_a);
+        assert_eq!(a.len(), 43);
+    }
+}

@@ -1,0 +1,21 @@
+//! Transports: each turns its own wire into calls on the one route table and
+//! delivers pushed events back. They share the frame handling in `frames`.
+
+pub(crate) mod frames;
+pub(crate) mod http_api;
+pub(crate) mod ws;
+
+use axum::http::HeaderMap;
+
+/// `Authorization: Bearer <token>`.
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<String> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+        .filter(|t| !t.is_empty())
+}

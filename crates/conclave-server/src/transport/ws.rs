@@ -1,0 +1,418 @@
+//! The realtime WebSocket, `/v1/ws`.
+//!
+//! Authenticated at the upgrade (`Authorization: Bearer` or `?token=`).
+//! Requests arrive as JSON text messages (`{"id","route","body"}`) or as
+//! binary messages holding CCP-1 frames; each is answered in the form it
+//! came in. Pushed events use the encoding chosen at connect
+//! (`?encoding=json`, the default, or `?encoding=binary`).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use conclave_core::ErrorCode;
+use conclave_core::limits::JSON_BODY_MAX_BYTES;
+use conclave_protocol::api::{JsonRequest, ResponsePayload, events};
+use conclave_protocol::{Decoded, FRAME_LEN_MAX_BYTES, decode_frame};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+
+use crate::api_error::ApiError;
+use crate::listener::PeerAddr;
+use crate::rpc::{self, Caller, RpcContext};
+use crate::sessions::{CloseReason, PushEvent};
+use crate::state::AppState;
+use crate::transport::bearer_token;
+use crate::transport::frames::{self, FrameAction};
+
+/// WebSocket close codes: 1000 for an orderly end (kicked, shutdown), 1008
+/// when the client broke the protocol, 1011 when the server failed.
+const CLOSE_NORMAL: u16 = 1000;
+const CLOSE_POLICY: u16 = 1008;
+const CLOSE_INTERNAL: u16 = 1011;
+
+/// Bytes tungstenite reads per syscall; small because most messages are
+/// small and idle connections should cost little memory.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    Json,
+    Binary,
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct ConnectParams {
+    token: Option<String>,
+    encoding: Option<String>,
+}
+
+pub(crate) async fn upgrade(
+    State(state): State<AppState>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+    Query(params): Query<ConnectParams>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let encoding = match params.encoding.as_deref() {
+        None | Some("json") => Encoding::Json,
+        Some("binary") => Encoding::Binary,
+        Some(other) => {
+            return ApiError::bad_request(format!(
+                "encoding must be `json` or `binary`, not `{other}`"
+            ))
+            .into_response();
+        }
+    };
+    let Some(token) = bearer_token(&headers).or(params.token) else {
+        return ApiError::new(
+            ErrorCode::Unauthenticated,
+            "connect with Authorization: Bearer <token> or ?token=",
+        )
+        .into_response();
+    };
+    let caller = match rpc::authenticate(&state, &token, crate::unix_ms() / 1000).await {
+        Ok(caller) => caller,
+        Err(err) => return err.into_response(),
+    };
+    let tasks = state.tasks.clone();
+    ws.max_message_size(FRAME_LEN_MAX_BYTES + 16)
+        .max_frame_size(FRAME_LEN_MAX_BYTES + 16)
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .on_upgrade(move |socket| {
+            tasks.track_future(run(state, caller, peer.ip(), socket, encoding))
+        })
+}
+
+/// A reply from a spawned request, or a frame to send as is.
+enum Reply {
+    Json(String),
+    Binary(Bytes),
+}
+
+async fn run(
+    state: AppState,
+    caller: Caller,
+    peer_ip: IpAddr,
+    mut socket: WebSocket,
+    encoding: Encoding,
+) {
+    let mut link = state
+        .sessions
+        .open(caller.user_id, caller.device_id, "websocket");
+    let session = link.handle.clone();
+    let caller = Caller {
+        session_id: Some(session.id),
+        ..caller
+    };
+    tracing::debug!(session = session.id, user = %caller.user_id, device = %caller.device_id, "websocket session open");
+
+    let limits = &state.config.limits;
+    let in_flight = limits.session_requests_in_flight as usize;
+    // Each in-flight request holds a permit until its reply is queued, and the
+    // reply queue has room for every permit, so a reply never waits.
+    let permits = Arc::new(Semaphore::new(in_flight));
+    let (reply_tx, mut reply_rx) = mpsc::channel::<Reply>(in_flight);
+    let idle_timeout = Duration::from_millis(limits.idle_timeout_ms);
+    let mut heartbeat = tokio::time::interval(Duration::from_millis(limits.heartbeat_interval_ms));
+    heartbeat.reset();
+    let mut last_heard = Instant::now();
+    let shutdown = state.shutdown.clone();
+
+    let reason: CloseReason = loop {
+        tokio::select! {
+            biased;
+            Some(reply) = reply_rx.recv() => {
+                let sent = match reply {
+                    Reply::Json(text) => socket.send(Message::Text(text.into())).await,
+                    Reply::Binary(bytes) => socket.send(Message::Binary(bytes)).await,
+                };
+                if sent.is_err() {
+                    break closed_by_peer();
+                }
+                if let Some(reason) = session.take_close_after_reply() {
+                    break reason;
+                }
+            }
+            () = session.closed().cancelled() => {
+                break session.reason().unwrap_or_else(|| closed_by(ErrorCode::SessionKicked, "session closed"));
+            }
+            () = shutdown.cancelled() => {
+                break closed_by(ErrorCode::ShuttingDown, "the server is shutting down; reconnect");
+            }
+            Some(event) = link.events.recv() => {
+                let sent = match encoding {
+                    Encoding::Json => socket.send(Message::Text(Utf8Bytes::from(&*event.json_text()))).await,
+                    Encoding::Binary => socket.send(Message::Binary(event.frame_bytes())).await,
+                };
+                if sent.is_err() {
+                    break closed_by_peer();
+                }
+            }
+            message = socket.recv() => {
+                last_heard = Instant::now();
+                let message = match message {
+                    Some(Ok(message)) => message,
+                    Some(Err(err)) => {
+                        tracing::debug!(session = session.id, error = %err, "websocket read failed");
+                        break closed_by_peer();
+                    }
+                    None => break closed_by_peer(),
+                };
+                let outcome = match message {
+                    Message::Text(text) => {
+                        on_json(&state, caller, peer_ip, &permits, &reply_tx, text.as_str()).await
+                    }
+                    Message::Binary(bytes) => {
+                        on_binary(&state, caller, peer_ip, &permits, &reply_tx, &bytes, &mut socket).await
+                    }
+                    Message::Ping(_) | Message::Pong(_) => Ok(()),
+                    Message::Close(_) => break closed_by_peer(),
+                };
+                if let Err(reason) = outcome {
+                    break reason;
+                }
+            }
+            _ = heartbeat.tick() => {
+                if last_heard.elapsed() >= idle_timeout {
+                    break closed_by(ErrorCode::IdleTimeout, "no traffic from the client; closing");
+                }
+                if socket.send(Message::Ping(Bytes::new())).await.is_err() {
+                    break closed_by_peer();
+                }
+            }
+        }
+    };
+
+    say_goodbye(&mut socket, encoding, &reason).await;
+    tracing::debug!(session = session.id, code = %reason.code, "websocket session closed");
+    drop(link);
+}
+
+/// Handles one JSON request: parse the envelope, then run it on its own task.
+async fn on_json(
+    state: &AppState,
+    caller: Caller,
+    peer_ip: IpAddr,
+    permits: &Arc<Semaphore>,
+    replies: &mpsc::Sender<Reply>,
+    text: &str,
+) -> Result<(), CloseReason> {
+    if text.len() > JSON_BODY_MAX_BYTES {
+        return Err(closed_by(
+            ErrorCode::PayloadTooLarge,
+            &format!("a JSON message may not exceed {JSON_BODY_MAX_BYTES} bytes"),
+        ));
+    }
+    let value: serde_json::Value = match serde_json::from_str(text) {
+        Ok(value) => value,
+        Err(err) => {
+            let reply = json_response(
+                None,
+                Err(ApiError::new(ErrorCode::InvalidJson, err.to_string())),
+            );
+            let _ = replies.try_send(Reply::Json(reply));
+            return Ok(());
+        }
+    };
+    let id = value.get("id").and_then(serde_json::Value::as_u64);
+    let request: JsonRequest = match serde_json::from_value(value) {
+        Ok(request) => request,
+        Err(err) => {
+            let reply = json_response(
+                id,
+                Err(ApiError::bad_request(format!("request envelope: {err}"))),
+            );
+            let _ = replies.try_send(Reply::Json(reply));
+            return Ok(());
+        }
+    };
+    let permit = acquire(permits).await?;
+    spawn_call(
+        state,
+        caller,
+        peer_ip,
+        permit,
+        replies.clone(),
+        request.route,
+        request.body,
+        move |result| Reply::Json(json_response(Some(request.id), result)),
+    );
+    Ok(())
+}
+
+/// Handles one binary message: one or more whole CCP-1 frames.
+async fn on_binary(
+    state: &AppState,
+    caller: Caller,
+    peer_ip: IpAddr,
+    permits: &Arc<Semaphore>,
+    replies: &mpsc::Sender<Reply>,
+    bytes: &[u8],
+    socket: &mut WebSocket,
+) -> Result<(), CloseReason> {
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let frame = match decode_frame(rest) {
+            Ok(Decoded::Frame { frame, consumed }) => {
+                rest = rest.get(consumed..).unwrap_or_default();
+                frame
+            }
+            Ok(Decoded::Incomplete) => {
+                return Err(closed_by(
+                    ErrorCode::MalformedFrame,
+                    "a binary message must hold whole frames; this one ends mid-frame",
+                ));
+            }
+            Err(err) => return Err(closed_by(err.code(), &err.to_string())),
+        };
+        match frames::on_frame(&frame) {
+            FrameAction::Call {
+                request_id,
+                route,
+                body,
+            } => {
+                let permit = acquire(permits).await?;
+                spawn_call(
+                    state,
+                    caller,
+                    peer_ip,
+                    permit,
+                    replies.clone(),
+                    route,
+                    body,
+                    move |result| Reply::Binary(frames::response_frame(request_id, result)),
+                );
+            }
+            FrameAction::Reply(reply) => {
+                if socket.send(Message::Binary(reply)).await.is_err() {
+                    return Err(closed_by_peer());
+                }
+            }
+            FrameAction::Alive => {}
+            FrameAction::Violation(err) => return Err(closed_by(err.code, &err.message)),
+        }
+    }
+    Ok(())
+}
+
+async fn acquire(permits: &Arc<Semaphore>) -> Result<OwnedSemaphorePermit, CloseReason> {
+    permits
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| closed_by(ErrorCode::Internal, "session is closing"))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn spawn_call(
+    state: &AppState,
+    caller: Caller,
+    peer_ip: IpAddr,
+    permit: OwnedSemaphorePermit,
+    replies: mpsc::Sender<Reply>,
+    route: String,
+    body: serde_json::Value,
+    to_reply: impl FnOnce(Result<serde_json::Value, ApiError>) -> Reply + Send + 'static,
+) {
+    let ctx = RpcContext {
+        state: state.clone(),
+        caller: Some(caller),
+        peer_ip,
+        transport: "websocket",
+    };
+    let routes = state.clone();
+    state.tasks.spawn(async move {
+        let result = routes.routes.dispatch(ctx, &route, body).await;
+        let _ = replies.send(to_reply(result)).await;
+        drop(permit);
+    });
+}
+
+fn json_response(id: Option<u64>, result: Result<serde_json::Value, ApiError>) -> String {
+    let payload = match result {
+        Ok(body) => ResponsePayload {
+            id,
+            ok: true,
+            body: Some(body),
+            error: None,
+        },
+        Err(err) => ResponsePayload {
+            id,
+            ok: false,
+            body: None,
+            error: Some(err.public().body()),
+        },
+    };
+    serde_json::to_string(&payload).unwrap_or_default()
+}
+
+/// Tells the client why the session ends, then closes the socket.
+async fn say_goodbye(socket: &mut WebSocket, encoding: Encoding, reason: &CloseReason) {
+    if reason.code == ErrorCode::Unavailable && reason.message.is_empty() {
+        return; // the peer is gone; nobody to tell
+    }
+    if matches!(
+        reason.code,
+        ErrorCode::SessionKicked | ErrorCode::DeviceRevoked
+    ) {
+        let event = PushEvent::new(
+            events::SESSION_KICKED,
+            serde_json::json!({ "code": reason.code, "message": reason.message }),
+        );
+        let _ = match encoding {
+            Encoding::Json => {
+                socket
+                    .send(Message::Text(Utf8Bytes::from(&*event.json_text())))
+                    .await
+            }
+            Encoding::Binary => socket.send(Message::Binary(event.frame_bytes())).await,
+        };
+    }
+    let goaway = match encoding {
+        Encoding::Json => Message::Text(
+            serde_json::json!({ "goaway": { "code": reason.code, "message": reason.message } })
+                .to_string()
+                .into(),
+        ),
+        Encoding::Binary => Message::Binary(frames::goaway_frame(reason.code, &reason.message)),
+    };
+    let _ = socket.send(goaway).await;
+    let close_code = match reason.code.http_status() {
+        400..=499
+            if !matches!(
+                reason.code,
+                ErrorCode::SessionKicked | ErrorCode::DeviceRevoked | ErrorCode::IdleTimeout
+            ) =>
+        {
+            CLOSE_POLICY
+        }
+        500 => CLOSE_INTERNAL,
+        _ => CLOSE_NORMAL,
+    };
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame {
+            code: close_code,
+            reason: Utf8Bytes::from(reason.code.as_str()),
+        })))
+        .await;
+}
+
+fn closed_by(code: ErrorCode, message: &str) -> CloseReason {
+    CloseReason {
+        code,
+        message: message.to_owned(),
+    }
+}
+
+/// The peer went away: no goodbye to send.
+fn closed_by_peer() -> CloseReason {
+    CloseReason {
+        code: ErrorCode::Unavailable,
+        message: String::new(),
+    }
+}
