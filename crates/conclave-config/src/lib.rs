@@ -17,7 +17,7 @@ mod validate;
 pub use layers::{ConfigError, ConfigErrors, ConfigSources, Origin, load};
 pub use schema::{
     AuthConfig, BusKind, ClusterConfig, Config, DatabaseConfig, LimitsConfig, LogConfig, LogFormat,
-    ServerConfig,
+    ServerConfig, TlsConfig,
 };
 pub use secret::{Secret, SecretUrl};
 

@@ -19,6 +19,7 @@ pub struct Config {
     pub log: LogConfig,
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
+    pub tls: TlsConfig,
     pub cluster: ClusterConfig,
 }
 
@@ -31,6 +32,7 @@ impl Default for Config {
             log: LogConfig::default(),
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
+            tls: TlsConfig::default(),
             cluster: ClusterConfig::default(),
         }
     }
@@ -204,6 +206,20 @@ impl Default for LimitsConfig {
             requests_per_user_burst: 200,
         }
     }
+}
+
+/// The certificate QUIC presents (TLS 1.3). Unset: a self-signed
+/// certificate generated in `data_dir/tls` on first start, for development;
+/// clients then pin it.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_path: Option<PathBuf>,
+    /// PEM private key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -155,6 +155,18 @@ pub(crate) fn validate(config: &Config) -> Vec<(String, String)> {
         );
     }
 
+    match (&config.tls.cert_path, &config.tls.key_path) {
+        (Some(_), None) => fail(
+            "tls.key_path",
+            "is required when tls.cert_path is set".to_owned(),
+        ),
+        (None, Some(_)) => fail(
+            "tls.cert_path",
+            "is required when tls.key_path is set".to_owned(),
+        ),
+        _ => {}
+    }
+
     let cluster = &config.cluster;
     let bus_url = |url: &Option<crate::SecretUrl>, schemes: &[&str]| match url {
         None => Err("is required by the chosen cluster.bus".to_owned()),

@@ -47,7 +47,22 @@ fn the_example_file_is_exactly_the_defaults_and_names_every_field() {
             _ => assert!(example.contains_key(section), "{section} missing"),
         }
     }
-    for commented in ["url", "token_signing_key", "redis_url", "nats_url"] {
+    for section in [
+        "server", "database", "log", "auth", "limits", "tls", "cluster",
+    ] {
+        assert!(
+            example.contains_key(section),
+            "[{section}] missing from the example"
+        );
+    }
+    for commented in [
+        "url",
+        "token_signing_key",
+        "redis_url",
+        "nats_url",
+        "cert_path",
+        "key_path",
+    ] {
         assert!(
             EXAMPLE_TOML.contains(&format!("# {commented} = ")),
             "{commented}"

@@ -95,6 +95,41 @@ pub struct GoawayPayload {
     pub message: String,
 }
 
+/// The first frame a client sends on a QUIC connection (an `Auth` frame):
+/// its access token and the protocol versions it speaks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthPayload {
+    pub token: String,
+    #[serde(default = "default_versions")]
+    pub supported_versions: Vec<u32>,
+}
+
+/// The server's answer once a connection is authenticated (an `Ack` frame;
+/// on TCP+Noise the first encrypted frame).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AckPayload {
+    pub session_id: u64,
+    pub user_id: conclave_core::UserId,
+    pub device_id: conclave_core::DeviceId,
+    pub protocol_version: u32,
+    /// How often the server pings; the client should send something at
+    /// least this often too.
+    pub heartbeat_interval_ms: u64,
+}
+
+/// The highest version both sides speak, if any.
+pub fn negotiate_version(client: &[u32]) -> Option<u32> {
+    client
+        .iter()
+        .copied()
+        .filter(|v| *v == crate::PROTOCOL_VERSION)
+        .max()
+}
+
+fn default_versions() -> Vec<u32> {
+    vec![crate::PROTOCOL_VERSION]
+}
+
 fn empty_object() -> serde_json::Value {
     serde_json::Value::Object(serde_json::Map::new())
 }

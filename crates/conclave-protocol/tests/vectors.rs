@@ -210,3 +210,58 @@ fn encoder_refuses_oversized_frames() {
     let at_limit = Frame::new(FrameType::Ping, 0, 0, Bytes::from(vec![0; 256]));
     assert!(at_limit.encode().is_ok());
 }
+
+#[test]
+fn doc_rpc_response() {
+    let frame = Frame::new(
+        FrameType::RpcResponse,
+        0,
+        7,
+        &b"{\"ok\":true,\"body\":{}}"[..],
+    );
+    check_vector(
+        &frame,
+        "19 21 00 07 15 7b 22 6f 6b 22 3a 74 72 75 65 2c 22 62 6f 64 79 22 3a 7b 7d 7d",
+    );
+}
+
+#[test]
+fn doc_goaway() {
+    let frame = Frame::new(
+        FrameType::Goaway,
+        0,
+        0,
+        &b"{\"code\":\"idle_timeout\",\"message\":\"bye\"}"[..],
+    );
+    check_vector(
+        &frame,
+        "2b 25 00 00 27 7b 22 63 6f 64 65 22 3a 22 69 64 6c 65 5f 74 69 6d 65 6f 75 74 22 2c \
+         22 6d 65 73 73 61 67 65 22 3a 22 62 79 65 22 7d",
+    );
+}
+
+#[test]
+fn doc_quic_auth() {
+    let frame = Frame::new(
+        FrameType::Auth,
+        0,
+        0,
+        &b"{\"token\":\"ca1.x.y\",\"supported_versions\":[1]}"[..],
+    );
+    check_vector(
+        &frame,
+        "30 02 00 00 2c 7b 22 74 6f 6b 65 6e 22 3a 22 63 61 31 2e 78 2e 79 22 2c 22 73 75 70 \
+         70 6f 72 74 65 64 5f 76 65 72 73 69 6f 6e 73 22 3a 5b 31 5d 7d",
+    );
+}
+
+#[test]
+fn doc_lists_every_error_code() {
+    for code in conclave_core::ErrorCode::ALL {
+        let row = format!("| `{}` | {} |", code.as_str(), code.http_status());
+        assert!(
+            PROTOCOL_DOC.contains(&row),
+            "docs/PROTOCOL.md section 7 lacks {row}"
+        );
+    }
+}

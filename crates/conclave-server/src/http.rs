@@ -57,6 +57,8 @@ async fn server_info(State(state): State<AppState>) -> impl IntoResponse {
         "version": env!("CARGO_PKG_VERSION"),
         "installation_id": state.installation_id,
         "noise_public_key": state.secrets.noise_public_hex(),
+        "quic_cert_sha256": state.quic_cert_sha256,
+        "protocol_version": conclave_protocol::PROTOCOL_VERSION,
     }))
 }
 

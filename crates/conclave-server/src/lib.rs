@@ -20,6 +20,7 @@ mod services;
 mod sessions;
 mod shutdown;
 mod state;
+mod tls;
 mod tokens;
 mod transport;
 
@@ -39,7 +40,7 @@ pub use shutdown::wait_for_signal;
 use crate::listener::CountingListener;
 use crate::metrics::Metrics;
 use crate::secrets::ServerSecrets;
-use crate::state::AppState;
+use crate::state::{AppState, ServerIdentity};
 
 /// Key under which the installation id is kept in storage.
 const INSTALLATION_ID_KEY: &str = "installation_id";
@@ -48,6 +49,12 @@ const INSTALLATION_ID_KEY: &str = "installation_id";
 pub struct ServerHandle {
     pub http_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// UDP address of the QUIC endpoint.
+    pub quic_addr: SocketAddr,
+    /// TCP address of the Noise-encrypted binary transport.
+    pub tcp_addr: SocketAddr,
+    /// SHA-256 (hex) of the QUIC certificate, for clients to pin.
+    pub quic_cert_sha256: String,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     storage: Arc<dyn Storage>,
@@ -119,15 +126,26 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         "server identity"
     );
 
+    let tls =
+        tls::TlsIdentity::load_or_generate(&config).context("preparing the QUIC certificate")?;
+    let quic_cert_sha256 = tls.fingerprint();
     let metrics = Arc::new(Metrics::new());
+    // One pool of connection slots for every transport:
+    // `server.max_connections` counts them all.
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        config.server.max_connections as usize,
+    ));
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let state = AppState::new(
         config.clone(),
         storage.clone(),
         metrics.clone(),
-        secrets,
-        installation_id,
+        ServerIdentity {
+            secrets,
+            installation_id,
+            quic_cert_sha256: quic_cert_sha256.clone(),
+        },
         shutdown.clone(),
         tasks.clone(),
     );
@@ -137,7 +155,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
     let http_listener = CountingListener::bind(
         SocketAddr::new(bind, config.server.http_port),
         "http",
-        config.server.max_connections,
+        slots.clone(),
         metrics.clone(),
     )
     .await
@@ -156,8 +174,33 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
                     config.server.admin_port
                 )
             })?;
+    let quic_endpoint = transport::quic::bind(
+        SocketAddr::new(bind, config.server.quic_port),
+        tls,
+        config.limits.idle_timeout_ms,
+    )?;
+    let tcp_listener = tokio::net::TcpListener::bind(SocketAddr::new(bind, config.server.tcp_port))
+        .await
+        .with_context(|| {
+            format!(
+                "binding the TCP listener on {bind}:{}",
+                config.server.tcp_port
+            )
+        })?;
     let http_addr = http_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
+    let quic_addr = quic_endpoint.local_addr()?;
+    let tcp_addr = tcp_listener.local_addr()?;
+    tasks.spawn(transport::tcp::serve(
+        state.clone(),
+        tcp_listener,
+        slots.clone(),
+    ));
+    tasks.spawn(transport::quic::serve(
+        state.clone(),
+        quic_endpoint,
+        slots.clone(),
+    ));
 
     let app = http::router(state.clone());
     let stop = shutdown.clone();
@@ -201,10 +244,13 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         }
     });
 
-    tracing::info!(%http_addr, %admin_addr, "listening");
+    tracing::info!(%http_addr, %admin_addr, %tcp_addr, %quic_addr, quic_cert_sha256 = %quic_cert_sha256, "listening");
     Ok(ServerHandle {
         http_addr,
         admin_addr,
+        quic_addr,
+        tcp_addr,
+        quic_cert_sha256,
         shutdown,
         tasks,
         storage,

@@ -29,13 +29,13 @@ impl CountingListener {
     pub async fn bind(
         addr: SocketAddr,
         transport: &'static str,
-        max_connections: u32,
+        slots: Arc<Semaphore>,
         metrics: Arc<Metrics>,
     ) -> io::Result<Self> {
         Ok(Self {
             inner: TcpListener::bind(addr).await?,
             transport,
-            slots: Arc::new(Semaphore::new(max_connections as usize)),
+            slots,
             metrics,
         })
     }

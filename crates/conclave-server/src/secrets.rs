@@ -156,7 +156,7 @@ fn is_not_found(err: &anyhow::Error) -> bool {
 /// Writes `contents` to a new file readable only by its owner. The file is
 /// written under a temporary name and linked into place without replacing an
 /// existing file, so concurrent first starts cannot overwrite each other.
-fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+pub(crate) fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     let tmp: PathBuf = path.with_extension(format!("tmp-{}", std::process::id()));
     {
         let mut options = fs::OpenOptions::new();

@@ -14,6 +14,14 @@ use crate::rpc::RouteTable;
 use crate::secrets::ServerSecrets;
 use crate::sessions::SessionManager;
 
+/// Who this server is: its keys and the names clients pin.
+pub(crate) struct ServerIdentity {
+    pub secrets: ServerSecrets,
+    pub installation_id: String,
+    /// SHA-256 (hex) of the QUIC certificate, published for pinning.
+    pub quic_cert_sha256: String,
+}
+
 #[derive(Clone)]
 pub(crate) struct AppState(Arc<Inner>);
 
@@ -23,6 +31,7 @@ pub(crate) struct Inner {
     pub metrics: Arc<Metrics>,
     pub secrets: ServerSecrets,
     pub installation_id: String,
+    pub quic_cert_sha256: String,
     pub routes: RouteTable,
     pub rate_limits: RateLimits,
     pub sessions: Arc<SessionManager>,
@@ -38,8 +47,7 @@ impl AppState {
         config: Config,
         storage: Arc<dyn Storage>,
         metrics: Arc<Metrics>,
-        secrets: ServerSecrets,
-        installation_id: String,
+        identity: ServerIdentity,
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) -> Self {
@@ -54,8 +62,9 @@ impl AppState {
             config,
             storage,
             metrics,
-            secrets,
-            installation_id,
+            secrets: identity.secrets,
+            installation_id: identity.installation_id,
+            quic_cert_sha256: identity.quic_cert_sha256,
             shutdown,
             tasks,
             draining: AtomicBool::new(false),

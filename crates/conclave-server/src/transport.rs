@@ -1,8 +1,11 @@
 //! Transports: each turns its own wire into calls on the one route table and
 //! delivers pushed events back. They share the frame handling in `frames`.
 
+pub(crate) mod framed;
 pub(crate) mod frames;
 pub(crate) mod http_api;
+pub(crate) mod quic;
+pub(crate) mod tcp;
 pub(crate) mod ws;
 
 use axum::http::HeaderMap;

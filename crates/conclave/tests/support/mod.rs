@@ -56,6 +56,9 @@ pub struct Server {
     logs: Arc<(Mutex<Logs>, Condvar)>,
     pub http: SocketAddr,
     pub admin: SocketAddr,
+    pub tcp: SocketAddr,
+    pub quic: SocketAddr,
+    pub quic_cert_sha256: String,
     pub cwd: PathBuf,
 }
 
@@ -74,6 +77,10 @@ impl Server {
             "--http-port",
             "0",
             "--admin-port",
+            "0",
+            "--tcp-port",
+            "0",
+            "--quic-port",
             "0",
             "--log-format",
             "json",
@@ -103,11 +110,17 @@ impl Server {
             logs,
             http: "0.0.0.0:0".parse().unwrap(),
             admin: "0.0.0.0:0".parse().unwrap(),
+            tcp: "0.0.0.0:0".parse().unwrap(),
+            quic: "0.0.0.0:0".parse().unwrap(),
+            quic_cert_sha256: String::new(),
             cwd: cwd.to_path_buf(),
         };
         let listening = server.wait_for_log("listening", STARTUP_TIMEOUT);
         server.http = listening["http_addr"].as_str().unwrap().parse().unwrap();
         server.admin = listening["admin_addr"].as_str().unwrap().parse().unwrap();
+        server.tcp = listening["tcp_addr"].as_str().unwrap().parse().unwrap();
+        server.quic = listening["quic_addr"].as_str().unwrap().parse().unwrap();
+        server.quic_cert_sha256 = listening["quic_cert_sha256"].as_str().unwrap().to_owned();
         server
     }
 

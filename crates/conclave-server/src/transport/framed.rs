@@ -1,0 +1,178 @@
+//! The session loop of binary-framed transports (QUIC, TCP+Noise): frames
+//! in, route table, replies and pushed events out, heartbeats, idle
+//! timeout, and a `Goaway` frame saying why the session ends.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use conclave_core::ErrorCode;
+use conclave_protocol::api::events;
+use conclave_protocol::{Frame, FrameType};
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::api_error::ApiError;
+use crate::rpc::{Caller, RpcContext};
+use crate::sessions::{CloseReason, PushEvent, SessionLink};
+use crate::state::AppState;
+use crate::transport::frames::{self, FrameAction};
+
+/// A byte pipe that carries CCP-1 frames (decrypting and re-framing as its
+/// transport requires).
+pub(crate) trait FrameWire: Send {
+    /// Waits for more bytes and appends every frame they complete to `out`.
+    /// `Ok(false)` when the peer closed. Must be cancel-safe: the session
+    /// loop races it against outgoing traffic.
+    fn read_frames(
+        &mut self,
+        out: &mut Vec<Frame>,
+    ) -> impl Future<Output = Result<bool, ApiError>> + Send;
+
+    /// Writes encoded frames.
+    fn write(&mut self, bytes: &[u8]) -> impl Future<Output = std::io::Result<()>> + Send;
+
+    /// Flushes and closes the sending side.
+    fn finish(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// Runs an authenticated session. `early` holds frames that arrived together
+/// with the authentication (a client may pipeline requests behind it).
+pub(crate) async fn run<W: FrameWire>(
+    state: AppState,
+    link: SessionLink,
+    caller: Caller,
+    peer_ip: IpAddr,
+    mut wire: W,
+    early: Vec<Frame>,
+) {
+    let mut link = link;
+    let session = link.handle.clone();
+    let transport = session.transport;
+    let limits = &state.config.limits;
+    let in_flight = limits.session_requests_in_flight as usize;
+    // Each in-flight request holds a permit until its reply is queued, and the
+    // reply queue has room for every permit, so a reply never waits.
+    let permits = Arc::new(Semaphore::new(in_flight));
+    let (reply_tx, mut reply_rx) = mpsc::channel::<Bytes>(in_flight);
+    let idle_timeout = Duration::from_millis(limits.idle_timeout_ms);
+    let mut heartbeat = tokio::time::interval(Duration::from_millis(limits.heartbeat_interval_ms));
+    heartbeat.reset();
+    let mut last_heard = Instant::now();
+    let mut ping_sequence = 0u64;
+    let mut inbound = early;
+    let shutdown = state.shutdown.clone();
+    let mut read_ready = !inbound.is_empty();
+
+    let reason: Option<CloseReason> = 'session: loop {
+        if read_ready {
+            read_ready = false;
+            for frame in inbound.drain(..) {
+                match frames::on_frame(&frame) {
+                    FrameAction::Call {
+                        request_id,
+                        route,
+                        body,
+                    } => {
+                        let Ok(permit) = permits.clone().acquire_owned().await else {
+                            break 'session None;
+                        };
+                        let ctx = RpcContext {
+                            state: state.clone(),
+                            caller: Some(caller),
+                            peer_ip,
+                            transport,
+                        };
+                        let replies = reply_tx.clone();
+                        let routes = state.clone();
+                        state.tasks.spawn(async move {
+                            let result = routes.routes.dispatch(ctx, &route, body).await;
+                            let _ = replies
+                                .send(frames::response_frame(request_id, result))
+                                .await;
+                            drop(permit);
+                        });
+                    }
+                    FrameAction::Reply(bytes) => {
+                        if wire.write(&bytes).await.is_err() {
+                            break 'session None;
+                        }
+                    }
+                    FrameAction::Alive => {}
+                    FrameAction::Violation(err) => {
+                        break 'session Some(reason(err.code, &err.message));
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            biased;
+            Some(reply) = reply_rx.recv() => {
+                if wire.write(&reply).await.is_err() {
+                    break None;
+                }
+                if let Some(reason) = session.take_close_after_reply() {
+                    break Some(reason);
+                }
+            }
+            () = session.closed().cancelled() => {
+                break Some(session.reason().unwrap_or_else(|| reason(ErrorCode::SessionKicked, "session closed")));
+            }
+            () = shutdown.cancelled() => {
+                break Some(reason(ErrorCode::ShuttingDown, "the server is shutting down; reconnect"));
+            }
+            Some(event) = link.events.recv() => {
+                if wire.write(&event.frame_bytes()).await.is_err() {
+                    break None;
+                }
+            }
+            read = wire.read_frames(&mut inbound) => {
+                match read {
+                    Ok(true) => {
+                        last_heard = Instant::now();
+                        read_ready = true;
+                    }
+                    Ok(false) => break None,
+                    Err(err) => break Some(reason(err.code, &err.message)),
+                }
+            }
+            _ = heartbeat.tick() => {
+                if last_heard.elapsed() >= idle_timeout {
+                    break Some(reason(ErrorCode::IdleTimeout, "no traffic from the client; closing"));
+                }
+                ping_sequence += 1;
+                let ping = Frame::new(FrameType::Ping, 0, ping_sequence, Bytes::new()).encode().unwrap_or_default();
+                if wire.write(&ping).await.is_err() {
+                    break None;
+                }
+            }
+        }
+    };
+
+    if let Some(reason) = &reason {
+        if matches!(
+            reason.code,
+            ErrorCode::SessionKicked | ErrorCode::DeviceRevoked
+        ) {
+            let event = PushEvent::new(
+                events::SESSION_KICKED,
+                serde_json::json!({ "code": reason.code, "message": reason.message }),
+            );
+            let _ = wire.write(&event.frame_bytes()).await;
+        }
+        let _ = wire
+            .write(&frames::goaway_frame(reason.code, &reason.message))
+            .await;
+        tracing::debug!(session = session.id, transport, code = %reason.code, "session closed");
+    }
+    wire.finish().await;
+    drop(link);
+}
+
+fn reason(code: ErrorCode, message: &str) -> CloseReason {
+    CloseReason {
+        code,
+        message: message.to_owned(),
+    }
+}
