@@ -157,6 +157,10 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         "http",
         slots.clone(),
         metrics.clone(),
+        listener::ReadDeadlines {
+            first_byte: Duration::from_millis(config.limits.auth_timeout_ms),
+            idle: Duration::from_millis(config.limits.idle_timeout_ms),
+        },
     )
     .await
     .with_context(|| {

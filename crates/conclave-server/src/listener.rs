@@ -1,6 +1,7 @@
 //! A TCP listener that counts its connections and enforces
 //! `server.max_connections`.
 
+use std::future::Future as _;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -23,6 +24,16 @@ pub(crate) struct CountingListener {
     transport: &'static str,
     slots: Arc<Semaphore>,
     metrics: Arc<Metrics>,
+    deadlines: ReadDeadlines,
+}
+
+/// How long a connection may stay silent: before its first byte (a client
+/// that connects and sends nothing would otherwise hold a slot forever), and
+/// between reads afterwards.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReadDeadlines {
+    pub first_byte: Duration,
+    pub idle: Duration,
 }
 
 impl CountingListener {
@@ -31,12 +42,14 @@ impl CountingListener {
         transport: &'static str,
         slots: Arc<Semaphore>,
         metrics: Arc<Metrics>,
+        deadlines: ReadDeadlines,
     ) -> io::Result<Self> {
         Ok(Self {
             inner: TcpListener::bind(addr).await?,
             transport,
             slots,
             metrics,
+            deadlines,
         })
     }
 
@@ -80,6 +93,8 @@ impl axum::serve::Listener for CountingListener {
                     inner: stream,
                     _permit: permit,
                     gauge,
+                    deadlines: self.deadlines,
+                    silence: Box::pin(tokio::time::sleep(self.deadlines.first_byte)),
                 },
                 peer,
             );
@@ -110,6 +125,9 @@ pub(crate) struct CountedStream {
     inner: TcpStream,
     _permit: OwnedSemaphorePermit,
     gauge: prometheus::IntGauge,
+    deadlines: ReadDeadlines,
+    /// Fires when the peer has been silent too long; reset by every read.
+    silence: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl Drop for CountedStream {
@@ -124,7 +142,23 @@ impl AsyncRead for CountedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                if buf.filled().len() > before {
+                    let next = tokio::time::Instant::now() + self.deadlines.idle;
+                    self.silence.as_mut().reset(next);
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending => match self.silence.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client sent nothing for too long",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
     }
 }
 

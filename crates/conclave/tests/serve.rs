@@ -360,3 +360,37 @@ fn which(program: &str) -> Option<std::path::PathBuf> {
         .map(|dir| std::path::Path::new(dir).join(program))
         .find(|path| path.is_file())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_speaks_is_closed_and_frees_its_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, "[limits]\nauth_timeout_ms = 300\n").unwrap();
+    let server = Server::start(
+        dir.path(),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--data-dir",
+            "d",
+            "--max-connections",
+            "1",
+        ],
+    );
+    let mut silent = TcpStream::connect(server.http).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let n = silent.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "the server closes a silent connection");
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "closed by the deadline, not the test timeout"
+    );
+    // Its slot is free again: with max_connections = 1, a real client gets in.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let response = client().get(server.http_url("/")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+}
