@@ -8,7 +8,10 @@ use std::sync::Arc;
 
 use conclave_core::{DeviceId, UserId};
 
-use crate::{DeviceLogin, NewUser, ProfileUpdate, Storage, StorageError};
+use crate::{
+    Audience, DeviceLogin, MemberFlag, NewMessage, NewUser, ProfileUpdate, ReactionOp, SendOutcome,
+    Storage, StorageError,
+};
 
 pub async fn ping_answers(storage: Arc<dyn Storage>) {
     storage.ping().await.expect("a fresh store answers ping");
@@ -310,6 +313,323 @@ pub async fn ending_sessions_invalidates_tokens_and_revoking_removes(storage: Ar
     assert_ne!(fresh.id, laptop.id);
 }
 
+async fn user(storage: &Arc<dyn Storage>, name: &str) -> UserId {
+    storage
+        .accounts()
+        .create_user(NewUser {
+            username: name,
+            password_hash: "hash",
+            display_name: name,
+            now_ms: 1,
+        })
+        .await
+        .unwrap()
+        .id
+}
+
+fn text<'a>(
+    channel: conclave_core::ChannelId,
+    sender: UserId,
+    client_msg_id: &'a str,
+    body: &'a str,
+) -> NewMessage<'a> {
+    NewMessage {
+        channel_id: channel,
+        sender_id: sender,
+        sender_device_id: DeviceId::new(1),
+        client_msg_id,
+        content: body,
+        search_text: Some(body),
+        reply_to: None,
+        mentions: "{}",
+        now_ms: 10,
+        origin_session: None,
+    }
+}
+
+async fn send(storage: &Arc<dyn Storage>, message: NewMessage<'_>) -> crate::EventRecord {
+    match storage.messages().send_message(message).await.unwrap() {
+        SendOutcome::Sent(event) => event,
+        SendOutcome::Duplicate(_) => panic!("unexpected duplicate"),
+    }
+}
+
+pub async fn direct_channels_are_one_per_pair(storage: Arc<dyn Storage>) {
+    let (a, b) = (user(&storage, "ann").await, user(&storage, "ben").await);
+    let messages = storage.messages();
+    let (first, created) = messages.direct_channel(a, b, 5).await.unwrap();
+    assert!(created);
+    let (again, created_again) = messages.direct_channel(b, a, 6).await.unwrap();
+    assert_eq!(again.id, first.id, "(a, b) and (b, a) are the same channel");
+    assert!(!created_again);
+    let members: Vec<UserId> = messages
+        .members(first.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.user_id)
+        .collect();
+    assert_eq!(members.len(), 2);
+    assert!(members.contains(&a) && members.contains(&b));
+}
+
+pub async fn sends_get_contiguous_pts_and_retries_create_nothing(storage: Arc<dyn Storage>) {
+    let (a, b) = (user(&storage, "ann").await, user(&storage, "ben").await);
+    let stranger = user(&storage, "cat").await;
+    let messages = storage.messages();
+    let mut commits = messages
+        .commits()
+        .expect("the commit stream can be taken once");
+    assert!(messages.commits().is_none());
+    let (channel, _) = messages.direct_channel(a, b, 5).await.unwrap();
+    let mut seen = Vec::new();
+    for i in 0..20 {
+        let id = format!("c{i}");
+        let event = send(
+            &storage,
+            text(channel.id, if i % 2 == 0 { a } else { b }, &id, "hello"),
+        )
+        .await;
+        seen.push(event.pts);
+    }
+    assert_eq!(seen, (1..=20).collect::<Vec<u64>>(), "pts are contiguous");
+    let retry = messages
+        .send_message(text(channel.id, a, "c0", "hello"))
+        .await
+        .unwrap();
+    let SendOutcome::Duplicate(original) = retry else {
+        panic!("a retry with the same client_msg_id must not create a message");
+    };
+    assert_eq!(original.pts, 1);
+    assert_eq!(messages.channel(channel.id).await.unwrap().unwrap().pts, 20);
+
+    for expected in 1..=20u64 {
+        let committed = commits.recv().await.unwrap();
+        assert_eq!(
+            committed.event.pts, expected,
+            "the stream follows commit order"
+        );
+        assert_eq!(committed.recipients.len(), 2);
+    }
+    let refused = messages
+        .send_message(text(channel.id, stranger, "x", "hi"))
+        .await;
+    assert!(
+        matches!(refused, Err(StorageError::NotFound(_))),
+        "non-members cannot send"
+    );
+    let (other, _) = messages.direct_channel(a, stranger, 5).await.unwrap();
+    let elsewhere = send(&storage, text(other.id, a, "o1", "elsewhere")).await;
+    let mut reply = text(channel.id, b, "r1", "re");
+    reply.reply_to = elsewhere.message_id;
+    let refused = messages.send_message(reply).await;
+    assert!(
+        matches!(refused, Err(StorageError::Invalid(_))),
+        "replies stay in their channel"
+    );
+}
+
+pub async fn difference_returns_events_in_order_with_the_head(storage: Arc<dyn Storage>) {
+    let (a, b) = (user(&storage, "ann").await, user(&storage, "ben").await);
+    let messages = storage.messages();
+    let (channel, _) = messages.direct_channel(a, b, 5).await.unwrap();
+    for i in 0..10 {
+        send(
+            &storage,
+            text(channel.id, a, &format!("m{i}"), &format!("text {i}")),
+        )
+        .await;
+    }
+    let (events, head) = messages.events_after(channel.id, 3, 4).await.unwrap();
+    assert_eq!(head, 10);
+    assert_eq!(
+        events.iter().map(|e| e.pts).collect::<Vec<_>>(),
+        vec![4, 5, 6, 7]
+    );
+    let message = events[0].message.as_ref().unwrap();
+    assert_eq!(message.content.as_deref(), Some("text 3"));
+    let (none, head) = messages.events_after(channel.id, 10, 50).await.unwrap();
+    assert!(none.is_empty());
+    assert_eq!(head, 10);
+}
+
+pub async fn read_cursors_only_move_forward(storage: Arc<dyn Storage>) {
+    let (a, b) = (user(&storage, "ann").await, user(&storage, "ben").await);
+    let messages = storage.messages();
+    let (channel, _) = messages.direct_channel(a, b, 5).await.unwrap();
+    for i in 0..5 {
+        send(&storage, text(channel.id, a, &format!("m{i}"), "x")).await;
+    }
+    assert_eq!(messages.unread_count(channel.id, b).await.unwrap(), 5);
+    assert_eq!(
+        messages.unread_count(channel.id, a).await.unwrap(),
+        0,
+        "own messages are read"
+    );
+    let (cursor, event) = messages
+        .mark_read(channel.id, b, 3, 20, None)
+        .await
+        .unwrap();
+    assert_eq!(cursor, 3);
+    let event = event.unwrap();
+    assert_eq!(event.kind, "read");
+    assert_eq!(
+        event.audience,
+        Audience::Members,
+        "a direct sender learns of the read"
+    );
+    assert_eq!(messages.unread_count(channel.id, b).await.unwrap(), 2);
+    let (cursor, event) = messages
+        .mark_read(channel.id, b, 1, 21, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (cursor, event.is_none()),
+        (3, true),
+        "an older cursor never rolls back"
+    );
+    let (cursor, _) = messages
+        .mark_read(channel.id, b, 10_000, 22, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        cursor, 6,
+        "the cursor stops at the head (5 messages + 1 read event)"
+    );
+    assert_eq!(messages.unread_count(channel.id, b).await.unwrap(), 0);
+    assert_eq!(messages.readers(channel.id, 5).await.unwrap(), vec![b]);
+}
+
+pub async fn revoked_content_is_erased_everywhere(storage: Arc<dyn Storage>) {
+    let (a, b) = (user(&storage, "ann").await, user(&storage, "ben").await);
+    let outsider = user(&storage, "cat").await;
+    let messages = storage.messages();
+    let (channel, _) = messages.direct_channel(a, b, 5).await.unwrap();
+    let sent = send(
+        &storage,
+        text(channel.id, a, "m1", "the secret launch code"),
+    )
+    .await;
+    let id = sent.message_id.unwrap();
+    let words = vec!["launch".to_owned()];
+    assert_eq!(messages.search(b, &words, None, 10).await.unwrap().len(), 1);
+    assert!(
+        messages
+            .search(outsider, &words, None, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "search is scoped to membership"
+    );
+    messages
+        .react(id, b, "👍", ReactionOp::Add, 11, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        messages.reactions(id).await.unwrap(),
+        vec![("👍".to_owned(), vec![b])]
+    );
+    assert!(
+        messages
+            .react(id, b, "👍", ReactionOp::Add, 12, None)
+            .await
+            .unwrap()
+            .is_none(),
+        "no change, no event"
+    );
+
+    let revoke = messages
+        .revoke_message(id, a, 30, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(revoke.kind, "revoke");
+    assert!(
+        messages
+            .revoke_message(id, a, 31, None)
+            .await
+            .unwrap()
+            .is_none(),
+        "revoking twice does nothing"
+    );
+    let stored = messages.message(id).await.unwrap().unwrap();
+    assert_eq!(stored.content, None);
+    assert_eq!(stored.revoked_by, Some(a));
+    assert!(
+        messages
+            .search(b, &words, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let (events, _) = messages.events_after(channel.id, 0, 10).await.unwrap();
+    assert_eq!(
+        events[0].message.as_ref().unwrap().content,
+        None,
+        "sync no longer serves it"
+    );
+    assert!(messages.reactions(id).await.unwrap().is_empty());
+}
+
+pub async fn the_conversation_list_orders_pins_and_hides(storage: Arc<dyn Storage>) {
+    let me = user(&storage, "ann").await;
+    let (b, c, d) = (
+        user(&storage, "ben").await,
+        user(&storage, "cat").await,
+        user(&storage, "dan").await,
+    );
+    let messages = storage.messages();
+    let mut ids = Vec::new();
+    for (i, peer) in [b, c, d].into_iter().enumerate() {
+        let (channel, _) = messages.direct_channel(me, peer, 5).await.unwrap();
+        let mut message = text(channel.id, peer, "hi", "hi");
+        message.now_ms = 100 + i as i64;
+        send(&storage, message).await;
+        ids.push(channel.id);
+    }
+    let order =
+        |list: Vec<crate::ChannelSummary>| list.iter().map(|s| s.channel.id).collect::<Vec<_>>();
+    assert_eq!(
+        order(messages.channel_list(me, false).await.unwrap()),
+        vec![ids[2], ids[1], ids[0]]
+    );
+    assert!(
+        messages
+            .set_member_flag(ids[0], me, MemberFlag::Pinned(true))
+            .await
+            .unwrap()
+    );
+    assert!(
+        messages
+            .set_member_flag(ids[2], me, MemberFlag::Hidden)
+            .await
+            .unwrap()
+    );
+    let list = messages.channel_list(me, false).await.unwrap();
+    assert_eq!(
+        order(list.clone()),
+        vec![ids[0], ids[1]],
+        "pinned first; hidden left out"
+    );
+    assert_eq!(list[0].unread_count, 1);
+    assert_eq!(list[0].peer_user_id, Some(b));
+    assert_eq!(
+        list[0].last_message.as_ref().unwrap().content.as_deref(),
+        Some("hi")
+    );
+    assert_eq!(messages.channel_list(me, true).await.unwrap().len(), 3);
+    let mut again = text(ids[2], d, "hi again", "hi again");
+    again.now_ms = 200;
+    send(&storage, again).await;
+    assert_eq!(
+        order(messages.channel_list(me, false).await.unwrap()),
+        vec![ids[0], ids[2], ids[1]],
+        "a new message unhides"
+    );
+    assert_eq!(messages.channel_heads(me).await.unwrap().len(), 3);
+}
+
 /// Generates one `#[tokio::test]` per conformance check. `$open` is an async
 /// expression that yields a fresh `Arc<dyn Storage>` (and may `return` early
 /// to skip when the backend's server is not configured).
@@ -327,6 +647,12 @@ macro_rules! conformance_tests {
             devices_are_capped_renewed_and_listed,
             refresh_tokens_are_single_use_and_expire,
             ending_sessions_invalidates_tokens_and_revoking_removes,
+            direct_channels_are_one_per_pair,
+            sends_get_contiguous_pts_and_retries_create_nothing,
+            difference_returns_events_in_order_with_the_head,
+            read_cursors_only_move_forward,
+            revoked_content_is_erased_everywhere,
+            the_conversation_list_orders_pins_and_hides,
         );
     };
     (@each $open:expr; $($check:ident,)*) => {

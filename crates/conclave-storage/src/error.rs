@@ -19,6 +19,12 @@ pub enum StorageError {
     /// A configured cap would be exceeded (devices per user...).
     #[error("limit reached: {0}")]
     LimitReached(String),
+    /// The addressed object does not exist, or the actor may not see it.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The request contradicts stored state (a reply to another channel...).
+    #[error("invalid: {0}")]
+    Invalid(String),
     #[error("database error: {0}")]
     Database(String),
 }

@@ -8,6 +8,7 @@
 mod accounts;
 pub mod conformance;
 mod error;
+mod messaging;
 mod metrics;
 pub use metrics::register as register_metrics;
 mod sqlite;
@@ -18,6 +19,10 @@ use async_trait::async_trait;
 
 pub use accounts::{AccountStore, DeviceLogin, DeviceRecord, NewUser, ProfileUpdate, UserRecord};
 pub use error::StorageError;
+pub use messaging::{
+    Audience, ChannelKind, ChannelRecord, ChannelSummary, Committed, EventRecord, MemberFlag,
+    MemberRecord, MessageRecord, MessageStore, NewMessage, ReactionOp, SendOutcome,
+};
 pub use sqlite::{SqliteOptions, SqliteStorage};
 
 /// One applied schema migration.
@@ -50,6 +55,8 @@ pub trait Storage: Send + Sync + 'static {
     fn meta(&self) -> &dyn MetaStore;
 
     fn accounts(&self) -> &dyn AccountStore;
+
+    fn messages(&self) -> &dyn MessageStore;
 }
 
 /// Write-once facts about the installation.

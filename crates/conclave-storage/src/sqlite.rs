@@ -1,6 +1,7 @@
 //! The embedded SQLite backend.
 
 mod accounts;
+mod messaging;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -41,7 +42,17 @@ pub struct SqliteStorage {
     /// transactions here makes them queue in order instead of failing with
     /// SQLITE_BUSY when a deferred transaction upgrades to a write lock.
     write_lock: tokio::sync::Mutex<()>,
+    /// Committed channel events, in commit order (see `MessageStore::commits`).
+    commit_tx: tokio::sync::mpsc::Sender<crate::Committed>,
+    commit_rx: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<crate::Committed>>>,
+    /// Whether someone took the commit stream; until then nothing is sent,
+    /// so tools that only migrate or read never fill it up.
+    commit_consumer: std::sync::atomic::AtomicBool,
 }
+
+/// Committed events buffered for the fan-out consumer. When it falls this
+/// far behind, writers wait (backpressure) rather than drop events.
+const COMMIT_STREAM_CAPACITY: usize = 4096;
 
 impl SqliteStorage {
     /// Opens (creating if needed) the database at `url` (`sqlite://PATH`),
@@ -63,10 +74,39 @@ impl SqliteStorage {
             .connect_with(connect)
             .await?;
         timed(BACKEND, "migrate", MIGRATOR.run(&pool)).await?;
+        let (commit_tx, commit_rx) = tokio::sync::mpsc::channel(COMMIT_STREAM_CAPACITY);
         Ok(Self {
             pool,
             write_lock: tokio::sync::Mutex::new(()),
+            commit_tx,
+            commit_rx: std::sync::Mutex::new(Some(commit_rx)),
+            commit_consumer: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    fn take_commits(&self) -> Option<tokio::sync::mpsc::Receiver<crate::Committed>> {
+        let taken = self
+            .commit_rx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if taken.is_some() {
+            self.commit_consumer
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        taken
+    }
+
+    /// Hands a committed event to the consumer. Called with the writer lock
+    /// held, so events arrive in commit order.
+    async fn publish(&self, committed: crate::Committed) {
+        if self
+            .commit_consumer
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            // Fails only if the consumer is gone (shutdown); nothing to do.
+            let _ = self.commit_tx.send(committed).await;
+        }
     }
 
     /// Migrations this build knows, for `conclave migrate` to report.
@@ -152,6 +192,10 @@ impl Storage for SqliteStorage {
     }
 
     fn accounts(&self) -> &dyn crate::AccountStore {
+        self
+    }
+
+    fn messages(&self) -> &dyn crate::MessageStore {
         self
     }
 }
