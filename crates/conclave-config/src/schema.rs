@@ -19,6 +19,7 @@ pub struct Config {
     pub log: LogConfig,
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
+    pub messaging: MessagingConfig,
     pub tls: TlsConfig,
     pub cluster: ClusterConfig,
 }
@@ -32,6 +33,7 @@ impl Default for Config {
             log: LogConfig::default(),
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
+            messaging: MessagingConfig::default(),
             tls: TlsConfig::default(),
             cluster: ClusterConfig::default(),
         }
@@ -178,6 +180,9 @@ pub struct LimitsConfig {
     pub idle_timeout_ms: u64,
     /// How often the server pings an idle connection.
     pub heartbeat_interval_ms: u64,
+    /// A write to a client that does not complete in this time (the client
+    /// stopped reading) ends the session as a slow consumer.
+    pub write_timeout_ms: u64,
     /// Frames queued for one session. A session that falls this far behind
     /// is disconnected and catches up by sync when it returns.
     pub session_send_queue_frames: u32,
@@ -198,12 +203,36 @@ impl Default for LimitsConfig {
             auth_timeout_ms: 10_000,
             idle_timeout_ms: 90_000,
             heartbeat_interval_ms: 30_000,
+            write_timeout_ms: 10_000,
             session_send_queue_frames: 1_024,
             session_requests_in_flight: 32,
             requests_per_ip_per_sec: 200,
             requests_per_ip_burst: 400,
             requests_per_user_per_sec: 100,
             requests_per_user_burst: 200,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MessagingConfig {
+    /// How long a sender may revoke its own message. Owners and admins of a
+    /// group may revoke any message at any time.
+    pub revoke_window_secs: u64,
+    /// A `sync/get_difference` that would have to replay more events than
+    /// this answers `resync_required` instead.
+    pub sync_gap_max_events: u64,
+    /// Longest text message, in bytes.
+    pub text_len_max_bytes: u32,
+}
+
+impl Default for MessagingConfig {
+    fn default() -> Self {
+        Self {
+            revoke_window_secs: 120,
+            sync_gap_max_events: 50_000,
+            text_len_max_bytes: 16 * 1024,
         }
     }
 }

@@ -118,6 +118,7 @@ pub(crate) fn validate(config: &Config) -> Vec<(String, String)> {
         ("limits.auth_timeout_ms", limits.auth_timeout_ms),
         ("limits.idle_timeout_ms", limits.idle_timeout_ms),
         ("limits.heartbeat_interval_ms", limits.heartbeat_interval_ms),
+        ("limits.write_timeout_ms", limits.write_timeout_ms),
         (
             "limits.session_send_queue_frames",
             u64::from(limits.session_send_queue_frames),
@@ -152,6 +153,20 @@ pub(crate) fn validate(config: &Config) -> Vec<(String, String)> {
         fail(
             "limits.heartbeat_interval_ms",
             "must be shorter than limits.idle_timeout_ms, or idle clients are cut off between pings".to_owned(),
+        );
+    }
+
+    let messaging = &config.messaging;
+    if messaging.sync_gap_max_events == 0 {
+        fail(
+            "messaging.sync_gap_max_events",
+            "must be at least 1".to_owned(),
+        );
+    }
+    if !(1..=1_048_576).contains(&messaging.text_len_max_bytes) {
+        fail(
+            "messaging.text_len_max_bytes",
+            "must be between 1 and 1048576".to_owned(),
         );
     }
 

@@ -9,6 +9,7 @@
 //! JSON inside `RpcRequest`/`RpcResponse`/`Event` frames).
 
 pub mod account;
+pub mod messaging;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -102,6 +103,9 @@ pub struct AuthPayload {
     pub token: String,
     #[serde(default = "default_versions")]
     pub supported_versions: Vec<u32>,
+    /// Hold pushed events until `sync/session_ready`.
+    #[serde(default)]
+    pub hold_events: bool,
 }
 
 /// The server's answer once a connection is authenticated (an `Ack` frame;
@@ -143,4 +147,14 @@ pub mod events {
     pub const USER_UPDATED: &str = "user/updated";
     /// The user's device list changed (pushed to the user's own devices).
     pub const DEVICES_CHANGED: &str = "device/changed";
+    /// A message was stored in a channel.
+    pub const MESSAGE_NEW: &str = "message/new";
+    /// A message was revoked; its content is gone.
+    pub const MESSAGE_REVOKED: &str = "message/revoked";
+    /// A reaction was added or removed.
+    pub const MESSAGE_REACTION: &str = "message/reaction";
+    /// A member's read cursor moved.
+    pub const MESSAGE_READ: &str = "message/read";
+    /// A message was pinned or unpinned.
+    pub const MESSAGE_PINNED: &str = "message/pinned";
 }

@@ -8,11 +8,13 @@
 
 mod admin;
 mod api_error;
+mod fanout;
 mod http;
 mod listener;
 pub mod logging;
 mod metrics;
 mod passwords;
+mod permissions;
 mod ratelimit;
 mod rpc;
 pub mod secrets;
@@ -159,7 +161,10 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         metrics.clone(),
         listener::ReadDeadlines {
             first_byte: Duration::from_millis(config.limits.auth_timeout_ms),
-            idle: Duration::from_millis(config.limits.idle_timeout_ms),
+            // A backstop behind the sessions' own idle check (which says
+            // goodbye properly): only a peer that is silent for twice as
+            // long is cut off at this level.
+            idle: Duration::from_millis(config.limits.idle_timeout_ms.saturating_mul(2)),
         },
     )
     .await
@@ -235,6 +240,12 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         stop.cancelled().await;
         draining.start_draining();
     });
+
+    let commits = storage
+        .messages()
+        .commits()
+        .context("the storage commit stream was already taken")?;
+    tasks.spawn(fanout::run(state.clone(), commits));
 
     let pruned = state.clone();
     let stop = shutdown.clone();

@@ -65,6 +65,7 @@ impl RouteTable {
             routes: HashMap::new(),
         };
         crate::services::accounts::register(&mut table);
+        crate::services::messaging::register(&mut table);
         table
     }
 

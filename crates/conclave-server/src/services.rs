@@ -2,3 +2,4 @@
 //! routes into the table in its `register` function.
 
 pub(crate) mod accounts;
+pub(crate) mod messaging;

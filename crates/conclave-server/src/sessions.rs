@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 /// An event to push, with its encodings computed at most once.
 pub(crate) struct PushEvent {
-    pub name: &'static str,
+    pub name: std::borrow::Cow<'static, str>,
     pub channel_id: Option<ChannelId>,
     pub pts: Option<u64>,
     pub body: serde_json::Value,
@@ -31,9 +31,26 @@ pub(crate) struct PushEvent {
 impl PushEvent {
     pub fn new(name: &'static str, body: serde_json::Value) -> Arc<Self> {
         Arc::new(Self {
-            name,
+            name: name.into(),
             channel_id: None,
             pts: None,
+            body,
+            json_text: OnceLock::new(),
+            frame: OnceLock::new(),
+        })
+    }
+
+    /// An event of a channel's log: its channel and pts travel with it.
+    pub fn for_channel(
+        name: String,
+        channel_id: ChannelId,
+        pts: u64,
+        body: serde_json::Value,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            name: name.into(),
+            channel_id: Some(channel_id),
+            pts: Some(pts),
             body,
             json_text: OnceLock::new(),
             frame: OnceLock::new(),
@@ -45,7 +62,7 @@ impl PushEvent {
         self.json_text
             .get_or_init(|| {
                 let payload = EventPayload {
-                    event: self.name.to_owned(),
+                    event: self.name.to_string(),
                     channel_id: self.channel_id,
                     pts: self.pts,
                     body: self.body.clone(),
@@ -60,7 +77,7 @@ impl PushEvent {
         self.frame
             .get_or_init(|| {
                 let payload = EventPayload {
-                    event: self.name.to_owned(),
+                    event: self.name.to_string(),
                     channel_id: None,
                     pts: None,
                     body: self.body.clone(),
@@ -97,6 +114,10 @@ pub(crate) struct SessionHandle {
     /// A close requested by the session's own in-flight request, carried out
     /// right after that request's reply is sent (logout, revoking oneself).
     close_after_reply: Mutex<Option<CloseReason>>,
+    /// Whether queued events are delivered. A client that asked to hold them
+    /// catches up by sync first and releases them with `sync/session_ready`,
+    /// so no live push races ahead of its catch-up.
+    live: std::sync::atomic::AtomicBool,
 }
 
 impl SessionHandle {
@@ -123,6 +144,14 @@ impl SessionHandle {
 
     pub fn closed(&self) -> &CancellationToken {
         &self.close
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::SeqCst)
+    }
+
+    pub fn go_live(&self) {
+        self.live.store(true, Ordering::SeqCst);
     }
 
     /// Called by the transport after it sends a reply.
@@ -174,12 +203,14 @@ impl SessionManager {
         self.registry.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers a session; it is removed when the returned link drops.
+    /// Registers a session; it is removed when the returned link drops. With
+    /// `hold_events`, events queue until `sync/session_ready`.
     pub fn open(
         self: &Arc<Self>,
         user_id: UserId,
         device_id: DeviceId,
         transport: &'static str,
+        hold_events: bool,
     ) -> SessionLink {
         let (events_tx, events_rx) = mpsc::channel(self.queue_frames);
         let handle = Arc::new(SessionHandle {
@@ -191,6 +222,7 @@ impl SessionManager {
             close: CancellationToken::new(),
             reason: Mutex::new(None),
             close_after_reply: Mutex::new(None),
+            live: std::sync::atomic::AtomicBool::new(!hold_events),
         });
         {
             let mut registry = self.lock();
@@ -292,6 +324,10 @@ impl SessionManager {
             }
         }
         sessions.len()
+    }
+
+    pub fn session(&self, id: u64) -> Option<Arc<SessionHandle>> {
+        self.lock().by_id.get(&id).cloned()
     }
 
     pub fn device_session_count(&self, device: DeviceId) -> u32 {

@@ -63,6 +63,7 @@ pub(crate) async fn run<W: FrameWire>(
     let mut ping_sequence = 0u64;
     let mut inbound = early;
     let shutdown = state.shutdown.clone();
+    let write_timeout = Duration::from_millis(limits.write_timeout_ms);
     let mut read_ready = !inbound.is_empty();
 
     let reason: Option<CloseReason> = 'session: loop {
@@ -95,8 +96,8 @@ pub(crate) async fn run<W: FrameWire>(
                         });
                     }
                     FrameAction::Reply(bytes) => {
-                        if wire.write(&bytes).await.is_err() {
-                            break 'session None;
+                        if let Err(stop) = write(&mut wire, &bytes, write_timeout).await {
+                            break 'session stop;
                         }
                     }
                     FrameAction::Alive => {}
@@ -109,8 +110,8 @@ pub(crate) async fn run<W: FrameWire>(
         tokio::select! {
             biased;
             Some(reply) = reply_rx.recv() => {
-                if wire.write(&reply).await.is_err() {
-                    break None;
+                if let Err(stop) = write(&mut wire, &reply, write_timeout).await {
+                    break stop;
                 }
                 if let Some(reason) = session.take_close_after_reply() {
                     break Some(reason);
@@ -122,9 +123,9 @@ pub(crate) async fn run<W: FrameWire>(
             () = shutdown.cancelled() => {
                 break Some(reason(ErrorCode::ShuttingDown, "the server is shutting down; reconnect"));
             }
-            Some(event) = link.events.recv() => {
-                if wire.write(&event.frame_bytes()).await.is_err() {
-                    break None;
+            Some(event) = link.events.recv(), if session.is_live() => {
+                if let Err(stop) = write(&mut wire, &event.frame_bytes(), write_timeout).await {
+                    break stop;
                 }
             }
             read = wire.read_frames(&mut inbound) => {
@@ -143,8 +144,8 @@ pub(crate) async fn run<W: FrameWire>(
                 }
                 ping_sequence += 1;
                 let ping = Frame::new(FrameType::Ping, 0, ping_sequence, Bytes::new()).encode().unwrap_or_default();
-                if wire.write(&ping).await.is_err() {
-                    break None;
+                if let Err(stop) = write(&mut wire, &ping, write_timeout).await {
+                    break stop;
                 }
             }
         }
@@ -168,6 +169,24 @@ pub(crate) async fn run<W: FrameWire>(
     }
     wire.finish().await;
     drop(link);
+}
+
+/// Writes with a deadline. `Err(None)`: the peer is gone; `Err(Some(..))`:
+/// it stopped reading, which ends the session as a slow consumer (without a
+/// goodbye, which would only stall again).
+async fn write<W: FrameWire>(
+    wire: &mut W,
+    bytes: &[u8],
+    timeout: Duration,
+) -> Result<(), Option<CloseReason>> {
+    match tokio::time::timeout(timeout, wire.write(bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(None),
+        Err(_) => {
+            tracing::info!("client stopped reading; ending its session");
+            Err(None)
+        }
+    }
 }
 
 fn reason(code: ErrorCode, message: &str) -> CloseReason {

@@ -164,9 +164,12 @@ async fn authenticate(
         )
     })?;
     let caller = rpc::authenticate(state, &payload.token, crate::unix_ms() / 1000).await?;
-    let link = state
-        .sessions
-        .open(caller.user_id, caller.device_id, "quic");
+    let link = state.sessions.open(
+        caller.user_id,
+        caller.device_id,
+        "quic",
+        payload.hold_events,
+    );
     let ack = AckPayload {
         session_id: link.handle.id,
         user_id: caller.user_id,

@@ -206,7 +206,7 @@ impl Handshake {
         let transport = responder.into_transport()?;
         let device =
             device.ok_or_else(|| Refusal::new(ErrorCode::DeviceRevoked, "unknown device"))?;
-        let link = state.sessions.open(device.user_id, device.id, "tcp");
+        let link = state.sessions.open(device.user_id, device.id, "tcp", false);
         let caller = Caller {
             user_id: device.user_id,
             device_id: device.id,

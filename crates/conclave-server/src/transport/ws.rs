@@ -49,6 +49,9 @@ enum Encoding {
 pub(crate) struct ConnectParams {
     token: Option<String>,
     encoding: Option<String>,
+    /// Hold pushed events until `sync/session_ready` (for a gap-free catch-up).
+    #[serde(default)]
+    hold_events: bool,
 }
 
 pub(crate) async fn upgrade(
@@ -84,7 +87,14 @@ pub(crate) async fn upgrade(
         .max_frame_size(FRAME_LEN_MAX_BYTES + 16)
         .read_buffer_size(READ_BUFFER_BYTES)
         .on_upgrade(move |socket| {
-            tasks.track_future(run(state, caller, peer.ip(), socket, encoding))
+            tasks.track_future(run(
+                state,
+                caller,
+                peer.ip(),
+                socket,
+                encoding,
+                params.hold_events,
+            ))
         })
 }
 
@@ -100,10 +110,11 @@ async fn run(
     peer_ip: IpAddr,
     mut socket: WebSocket,
     encoding: Encoding,
+    hold_events: bool,
 ) {
     let mut link = state
         .sessions
-        .open(caller.user_id, caller.device_id, "websocket");
+        .open(caller.user_id, caller.device_id, "websocket", hold_events);
     let session = link.handle.clone();
     let caller = Caller {
         session_id: Some(session.id),
@@ -122,17 +133,18 @@ async fn run(
     heartbeat.reset();
     let mut last_heard = Instant::now();
     let shutdown = state.shutdown.clone();
+    let write_timeout = Duration::from_millis(limits.write_timeout_ms);
 
     let reason: CloseReason = loop {
         tokio::select! {
             biased;
             Some(reply) = reply_rx.recv() => {
-                let sent = match reply {
-                    Reply::Json(text) => socket.send(Message::Text(text.into())).await,
-                    Reply::Binary(bytes) => socket.send(Message::Binary(bytes)).await,
+                let message = match reply {
+                    Reply::Json(text) => Message::Text(text.into()),
+                    Reply::Binary(bytes) => Message::Binary(bytes),
                 };
-                if sent.is_err() {
-                    break closed_by_peer();
+                if let Some(reason) = write_failed(send(&mut socket, message, write_timeout).await) {
+                    break reason;
                 }
                 if let Some(reason) = session.take_close_after_reply() {
                     break reason;
@@ -144,13 +156,13 @@ async fn run(
             () = shutdown.cancelled() => {
                 break closed_by(ErrorCode::ShuttingDown, "the server is shutting down; reconnect");
             }
-            Some(event) = link.events.recv() => {
-                let sent = match encoding {
-                    Encoding::Json => socket.send(Message::Text(Utf8Bytes::from(&*event.json_text()))).await,
-                    Encoding::Binary => socket.send(Message::Binary(event.frame_bytes())).await,
+            Some(event) = link.events.recv(), if session.is_live() => {
+                let message = match encoding {
+                    Encoding::Json => Message::Text(Utf8Bytes::from(&*event.json_text())),
+                    Encoding::Binary => Message::Binary(event.frame_bytes()),
                 };
-                if sent.is_err() {
-                    break closed_by_peer();
+                if let Some(reason) = write_failed(send(&mut socket, message, write_timeout).await) {
+                    break reason;
                 }
             }
             message = socket.recv() => {
@@ -165,10 +177,10 @@ async fn run(
                 };
                 let outcome = match message {
                     Message::Text(text) => {
-                        on_json(&state, caller, peer_ip, &permits, &reply_tx, text.as_str()).await
+                        on_json(&state, caller, peer_ip, &permits, &reply_tx, text.as_str(), &mut socket, write_timeout).await
                     }
                     Message::Binary(bytes) => {
-                        on_binary(&state, caller, peer_ip, &permits, &reply_tx, &bytes, &mut socket).await
+                        on_binary(&state, caller, peer_ip, &permits, &reply_tx, &bytes, &mut socket, write_timeout).await
                     }
                     Message::Ping(_) | Message::Pong(_) => Ok(()),
                     Message::Close(_) => break closed_by_peer(),
@@ -181,19 +193,20 @@ async fn run(
                 if last_heard.elapsed() >= idle_timeout {
                     break closed_by(ErrorCode::IdleTimeout, "no traffic from the client; closing");
                 }
-                if socket.send(Message::Ping(Bytes::new())).await.is_err() {
-                    break closed_by_peer();
+                if let Some(reason) = write_failed(send(&mut socket, Message::Ping(Bytes::new()), write_timeout).await) {
+                    break reason;
                 }
             }
         }
     };
 
-    say_goodbye(&mut socket, encoding, &reason).await;
+    say_goodbye(&mut socket, encoding, &reason, write_timeout).await;
     tracing::debug!(session = session.id, code = %reason.code, "websocket session closed");
     drop(link);
 }
 
 /// Handles one JSON request: parse the envelope, then run it on its own task.
+#[allow(clippy::too_many_arguments)]
 async fn on_json(
     state: &AppState,
     caller: Caller,
@@ -201,6 +214,8 @@ async fn on_json(
     permits: &Arc<Semaphore>,
     replies: &mpsc::Sender<Reply>,
     text: &str,
+    socket: &mut WebSocket,
+    write_timeout: Duration,
 ) -> Result<(), CloseReason> {
     if text.len() > JSON_BODY_MAX_BYTES {
         return Err(closed_by(
@@ -215,8 +230,8 @@ async fn on_json(
                 None,
                 Err(ApiError::new(ErrorCode::InvalidJson, err.to_string())),
             );
-            let _ = replies.try_send(Reply::Json(reply));
-            return Ok(());
+            let sent = send(socket, Message::Text(reply.into()), write_timeout).await;
+            return write_failed(sent).map_or(Ok(()), Err);
         }
     };
     let id = value.get("id").and_then(serde_json::Value::as_u64);
@@ -227,8 +242,8 @@ async fn on_json(
                 id,
                 Err(ApiError::bad_request(format!("request envelope: {err}"))),
             );
-            let _ = replies.try_send(Reply::Json(reply));
-            return Ok(());
+            let sent = send(socket, Message::Text(reply.into()), write_timeout).await;
+            return write_failed(sent).map_or(Ok(()), Err);
         }
     };
     let permit = acquire(permits).await?;
@@ -246,6 +261,7 @@ async fn on_json(
 }
 
 /// Handles one binary message: one or more whole CCP-1 frames.
+#[allow(clippy::too_many_arguments)]
 async fn on_binary(
     state: &AppState,
     caller: Caller,
@@ -254,6 +270,7 @@ async fn on_binary(
     replies: &mpsc::Sender<Reply>,
     bytes: &[u8],
     socket: &mut WebSocket,
+    write_timeout: Duration,
 ) -> Result<(), CloseReason> {
     let mut rest = bytes;
     while !rest.is_empty() {
@@ -289,8 +306,10 @@ async fn on_binary(
                 );
             }
             FrameAction::Reply(reply) => {
-                if socket.send(Message::Binary(reply)).await.is_err() {
-                    return Err(closed_by_peer());
+                if let Some(reason) =
+                    write_failed(send(socket, Message::Binary(reply), write_timeout).await)
+                {
+                    return Err(reason);
                 }
             }
             FrameAction::Alive => {}
@@ -352,9 +371,14 @@ fn json_response(id: Option<u64>, result: Result<serde_json::Value, ApiError>) -
 }
 
 /// Tells the client why the session ends, then closes the socket.
-async fn say_goodbye(socket: &mut WebSocket, encoding: Encoding, reason: &CloseReason) {
-    if reason.code == ErrorCode::Unavailable && reason.message.is_empty() {
-        return; // the peer is gone; nobody to tell
+async fn say_goodbye(
+    socket: &mut WebSocket,
+    encoding: Encoding,
+    reason: &CloseReason,
+    write_timeout: Duration,
+) {
+    if reason.message.is_empty() {
+        return; // the peer is gone or not reading; nobody to tell
     }
     if matches!(
         reason.code,
@@ -381,7 +405,9 @@ async fn say_goodbye(socket: &mut WebSocket, encoding: Encoding, reason: &CloseR
         ),
         Encoding::Binary => Message::Binary(frames::goaway_frame(reason.code, &reason.message)),
     };
-    let _ = socket.send(goaway).await;
+    if !matches!(send(socket, goaway, write_timeout).await, Sent::Done) {
+        return;
+    }
     let close_code = match reason.code.http_status() {
         400..=499
             if !matches!(
@@ -394,13 +420,57 @@ async fn say_goodbye(socket: &mut WebSocket, encoding: Encoding, reason: &CloseR
         500 => CLOSE_INTERNAL,
         _ => CLOSE_NORMAL,
     };
-    let _ = socket
-        .send(Message::Close(Some(CloseFrame {
-            code: close_code,
-            reason: Utf8Bytes::from(reason.code.as_str()),
-        })))
-        .await;
+    let close = Message::Close(Some(CloseFrame {
+        code: close_code,
+        reason: Utf8Bytes::from(reason.code.as_str()),
+    }));
+    if !matches!(send(socket, close, write_timeout).await, Sent::Done) {
+        return;
+    }
+    // Let the client answer the Close before the socket drops, so a client
+    // that was mid-write does not get a reset instead of the goodbye.
+    let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
+        while let Some(Ok(message)) = socket.recv().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
+
+/// How a write went.
+enum Sent {
+    Done,
+    /// The peer is gone.
+    Gone,
+    /// The peer stopped reading: the write did not finish in time.
+    Stalled,
+}
+
+async fn send(socket: &mut WebSocket, message: Message, timeout: Duration) -> Sent {
+    match tokio::time::timeout(timeout, socket.send(message)).await {
+        Ok(Ok(())) => Sent::Done,
+        Ok(Err(_)) => Sent::Gone,
+        Err(_) => Sent::Stalled,
+    }
+}
+
+/// Ends the loop for a failed write; `None` when the write went through.
+fn write_failed(sent: Sent) -> Option<CloseReason> {
+    match sent {
+        Sent::Done => None,
+        Sent::Gone => Some(closed_by_peer()),
+        // Saying goodbye to a peer that does not read would only stall again.
+        Sent::Stalled => Some(CloseReason {
+            code: ErrorCode::SlowConsumer,
+            message: String::new(),
+        }),
+    }
+}
+
+/// How long the server waits for the client's answer to its Close frame.
+const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn closed_by(code: ErrorCode, message: &str) -> CloseReason {
     CloseReason {

@@ -1,0 +1,11 @@
+//! Wire formats and the sockets under them.
+//!
+//! - [`json`]: JSON envelopes in WebSocket text messages.
+//! - [`framed`]: CCP-1 frames over any [`framed::FrameTransport`]; the
+//!   WebSocket binary mode is one such transport ([`ws::WsFrames`]), and
+//!   TCP+Noise and QUIC will be others, sharing all of the RPC and event
+//!   handling.
+
+pub(crate) mod framed;
+pub(crate) mod json;
+pub(crate) mod ws;

@@ -1,0 +1,149 @@
+//! The JSON encoding: envelopes in WebSocket text messages.
+
+use conclave_core::limits::JSON_BODY_MAX_BYTES;
+use conclave_protocol::api::{EventPayload, GoawayPayload, JsonRequest, ResponsePayload};
+use serde::Deserialize as _;
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::ws::{self, Data, WsStream};
+use crate::connection::Event;
+use crate::envelope;
+use crate::error::{ClientError, CloseReason};
+use crate::session::{Inbound, Wire};
+
+pub(crate) struct JsonWire {
+    socket: WsStream,
+}
+
+impl JsonWire {
+    pub(crate) fn new(socket: WsStream) -> Self {
+        Self { socket }
+    }
+}
+
+impl Wire for JsonWire {
+    type Out = Message;
+
+    fn encode_request(&self, id: u64, route: &str, body: Value) -> Result<Message, ClientError> {
+        let request = JsonRequest {
+            id,
+            route: route.to_owned(),
+            body,
+        };
+        let text = serde_json::to_string(&request).map_err(|err| {
+            ClientError::Protocol(format!("cannot encode a `{route}` request: {err}"))
+        })?;
+        // The server closes the whole connection over an oversized message;
+        // refusing here costs only this call.
+        if text.len() > JSON_BODY_MAX_BYTES {
+            return Err(ClientError::Protocol(format!(
+                "the `{route}` request is {} bytes; the server accepts at most {JSON_BODY_MAX_BYTES}",
+                text.len()
+            )));
+        }
+        Ok(Message::text(text))
+    }
+
+    async fn send(&mut self, out: Message) -> Result<(), String> {
+        ws::send(&mut self.socket, out).await
+    }
+
+    async fn recv(&mut self) -> Result<Vec<Inbound<Message>>, CloseReason> {
+        Ok(match ws::next_data(&mut self.socket).await? {
+            None => Vec::new(),
+            Some(Data::Text(text)) => interpret(text.as_str()).into_iter().collect(),
+            Some(Data::Binary(bytes)) => {
+                // Only a binary request gets a binary answer, and we send none.
+                tracing::warn!(
+                    len = bytes.len(),
+                    "ignoring a binary message on a JSON-mode connection"
+                );
+                Vec::new()
+            }
+        })
+    }
+
+    async fn keepalive(&mut self) -> Result<(), String> {
+        ws::keepalive(&mut self.socket).await
+    }
+
+    async fn close(&mut self) {
+        ws::close(&mut self.socket).await;
+    }
+}
+
+/// What a text message from the server means: a goaway
+/// (`{"goaway":{..}}`), an event (`{"event":..}`) or a response
+/// (`{"id":..,"ok":..}`).
+fn interpret(text: &str) -> Option<Inbound<Message>> {
+    let value: Value = match serde_json::from_str(text) {
+        Ok(value) => value,
+        Err(err) => {
+            tracing::warn!(error = %err, "ignoring a text message that is not JSON");
+            return None;
+        }
+    };
+    if let Some(goaway) = value.get("goaway") {
+        return Some(match GoawayPayload::deserialize(goaway) {
+            Ok(goaway) => Inbound::Goaway(goaway.into()),
+            Err(err) => Inbound::Fatal(format!("unreadable goaway: {err}")),
+        });
+    }
+    if value.get("event").is_some() {
+        return match serde_json::from_value::<EventPayload>(value) {
+            Ok(payload) => Some(Inbound::Event(Event::from_payload(payload))),
+            Err(err) => {
+                tracing::warn!(error = %err, "ignoring an unreadable event");
+                None
+            }
+        };
+    }
+    let response = match serde_json::from_value::<ResponsePayload>(value) {
+        Ok(response) => response,
+        Err(err) => {
+            tracing::warn!(error = %err, "ignoring a text message that is neither response, event nor goaway");
+            return None;
+        }
+    };
+    let Some(id) = response.id else {
+        // The server could not read the id of one of our requests; we never
+        // send such requests, and there is no call to hand the error to.
+        tracing::warn!(error = ?response.error, "the server answered a request without an id");
+        return None;
+    };
+    Some(Inbound::Response {
+        id,
+        result: envelope::response_result(response),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn text_messages_are_told_apart() {
+        let response = interpret(r#"{"id":3,"ok":true,"body":{"x":1}}"#);
+        assert!(
+            matches!(response, Some(Inbound::Response { id: 3, result: Ok(ref body) }) if *body == json!({"x": 1}))
+        );
+        let refused =
+            interpret(r#"{"id":4,"ok":false,"error":{"code":"bad_request","message":"m"}}"#);
+        assert!(
+            matches!(refused, Some(Inbound::Response { id: 4, result: Err(ref err) }) if err.code() == Some("bad_request"))
+        );
+        let event = interpret(r#"{"event":"user/updated","channel_id":"7","pts":9,"body":{}}"#);
+        assert!(
+            matches!(event, Some(Inbound::Event(ref e)) if e.name == "user/updated" && e.pts == Some(9) && e.channel_id.map(|c| c.get()) == Some(7))
+        );
+        let goaway = interpret(r#"{"goaway":{"code":"idle_timeout","message":"bye"}}"#);
+        assert!(matches!(goaway, Some(Inbound::Goaway(ref g)) if g.code == "idle_timeout"));
+        assert!(interpret("not json").is_none());
+        assert!(
+            interpret(r#"{"ok":false,"error":{"code":"invalid_json","message":"m"}}"#).is_none()
+        );
+    }
+}
