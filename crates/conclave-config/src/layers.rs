@@ -19,8 +19,9 @@ const WELL_KNOWN_ENV: &[(&str, &str)] = &[
 ];
 
 /// `CONCLAVE_*` variables that are not configuration fields: the config file
-/// location itself, and variables that point the test suite at services.
-const RESERVED_ENV_PREFIXES: &[&str] = &["CONCLAVE_CONFIG", "CONCLAVE_TEST_"];
+/// location itself, the `conclave client` settings, and variables that point
+/// the test suite at services.
+const RESERVED_ENV_PREFIXES: &[&str] = &["CONCLAVE_CONFIG", "CONCLAVE_CLIENT_", "CONCLAVE_TEST_"];
 
 /// Upper bound on error-collection passes; each pass removes one bad field,
 /// so this is also the most errors reported at once.

@@ -10,6 +10,7 @@
 
 pub mod account;
 pub mod messaging;
+pub mod presence;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -157,4 +158,8 @@ pub mod events {
     pub const MESSAGE_READ: &str = "message/read";
     /// A message was pinned or unpinned.
     pub const MESSAGE_PINNED: &str = "message/pinned";
+    /// A watched user came online or went offline.
+    pub const PRESENCE_CHANGED: &str = "presence/changed";
+    /// Someone in a channel started or stopped typing (not stored).
+    pub const TYPING: &str = "typing";
 }

@@ -5,7 +5,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use conclave_config::LimitsConfig;
-use conclave_core::{ErrorCode, UserId};
+use conclave_core::{ChannelId, ErrorCode, UserId};
 use governor::clock::{Clock as _, DefaultClock};
 use governor::state::keyed::HashMapStateStore;
 use governor::{Quota, RateLimiter};
@@ -18,9 +18,16 @@ pub(crate) const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
 type Keyed<K> = RateLimiter<K, HashMapStateStore<K>, DefaultClock>;
 
+/// Typing notices one user may send per second in one channel, and the
+/// burst above that: a keyboard produces far more keystrokes, and clients
+/// are expected to send `start` once and refresh it every few seconds.
+const TYPING_PER_SEC: u32 = 2;
+const TYPING_BURST: u32 = 4;
+
 pub(crate) struct RateLimits {
     per_ip: Keyed<IpAddr>,
     per_user: Keyed<UserId>,
+    typing: Keyed<(UserId, ChannelId)>,
     clock: DefaultClock,
 }
 
@@ -40,8 +47,16 @@ impl RateLimits {
                 limits.requests_per_user_per_sec,
                 limits.requests_per_user_burst,
             )),
+            typing: RateLimiter::hashmap(quota(TYPING_PER_SEC, TYPING_BURST)),
             clock: DefaultClock::default(),
         }
+    }
+
+    /// Bounds typing notices per user and channel.
+    pub fn check_typing(&self, user: UserId, channel: ChannelId) -> Result<(), ApiError> {
+        self.typing
+            .check_key(&(user, channel))
+            .map_err(|wait| self.refusal(wait))
     }
 
     /// Takes one token from the IP's bucket and, for a known user, from the
@@ -73,5 +88,7 @@ impl RateLimits {
         self.per_ip.shrink_to_fit();
         self.per_user.retain_recent();
         self.per_user.shrink_to_fit();
+        self.typing.retain_recent();
+        self.typing.shrink_to_fit();
     }
 }

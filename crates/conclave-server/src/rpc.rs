@@ -66,6 +66,7 @@ impl RouteTable {
         };
         crate::services::accounts::register(&mut table);
         crate::services::messaging::register(&mut table);
+        crate::services::presence::register(&mut table);
         table
     }
 

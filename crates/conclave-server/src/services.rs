@@ -3,3 +3,4 @@
 
 pub(crate) mod accounts;
 pub(crate) mod messaging;
+pub(crate) mod presence;

@@ -7,7 +7,7 @@
 //! disconnected with `slow_consumer` and catches up by sync when it returns,
 //! so one slow reader never makes the server buffer without bound.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -163,6 +163,49 @@ impl SessionHandle {
     }
 }
 
+/// Queues an event to one session; a full queue disconnects the session
+/// (it catches up by sync), so one slow reader never blocks the others.
+fn deliver(session: &SessionHandle, event: &Arc<PushEvent>) -> bool {
+    match session.events.try_send(event.clone()) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            tracing::info!(
+                session = session.id,
+                "session queue full; disconnecting it to resync"
+            );
+            session.close(
+                ErrorCode::SlowConsumer,
+                "too many undelivered events; reconnect and sync",
+            );
+            false
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    }
+}
+
+fn announce(watchers: &[Arc<SessionHandle>], user: UserId, online: bool, now_ms: i64) {
+    let event = PushEvent::new(
+        conclave_protocol::api::events::PRESENCE_CHANGED,
+        serde_json::json!({ "user_id": user, "online": online, "last_seen_ms": now_ms }),
+    );
+    for watcher in watchers {
+        deliver(watcher, &event);
+    }
+}
+
+impl Registry {
+    fn watcher_sessions(&self, user: UserId) -> Vec<Arc<SessionHandle>> {
+        self.watchers
+            .get(&user)
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(|id| self.by_id.get(id).cloned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
 /// What the transport owns for its session.
 pub(crate) struct SessionLink {
     pub handle: Arc<SessionHandle>,
@@ -180,7 +223,15 @@ impl Drop for SessionLink {
 struct Registry {
     by_id: HashMap<u64, Arc<SessionHandle>>,
     by_user: HashMap<UserId, Vec<u64>>,
+    /// Presence subscriptions: watched user -> watching sessions.
+    watchers: HashMap<UserId, HashSet<u64>>,
+    /// The reverse, to clean up when a session ends.
+    watching: HashMap<u64, HashSet<UserId>>,
 }
+
+/// Users one session may watch for presence changes: a large contact list,
+/// but not the whole directory.
+pub(crate) const PRESENCE_WATCH_MAX: usize = 2_000;
 
 pub(crate) struct SessionManager {
     registry: Mutex<Registry>,
@@ -224,12 +275,22 @@ impl SessionManager {
             close_after_reply: Mutex::new(None),
             live: std::sync::atomic::AtomicBool::new(!hold_events),
         });
-        {
+        let watchers = {
             let mut registry = self.lock();
             registry.by_id.insert(handle.id, handle.clone());
-            registry.by_user.entry(user_id).or_default().push(handle.id);
-        }
+            let sessions = registry.by_user.entry(user_id).or_default();
+            sessions.push(handle.id);
+            // The first session brings the user online.
+            if sessions.len() == 1 {
+                registry.watcher_sessions(user_id)
+            } else {
+                Vec::new()
+            }
+        };
         self.connections.with_label_values(&[transport]).inc();
+        if !watchers.is_empty() {
+            announce(&watchers, user_id, true, crate::unix_ms());
+        }
         SessionLink {
             handle,
             events: events_rx,
@@ -238,18 +299,79 @@ impl SessionManager {
     }
 
     fn remove(&self, handle: &SessionHandle) {
-        let mut registry = self.lock();
-        if registry.by_id.remove(&handle.id).is_some() {
-            self.connections
-                .with_label_values(&[handle.transport])
-                .dec();
+        let watchers = {
+            let mut registry = self.lock();
+            if registry.by_id.remove(&handle.id).is_some() {
+                self.connections
+                    .with_label_values(&[handle.transport])
+                    .dec();
+            }
+            if let Some(watched) = registry.watching.remove(&handle.id) {
+                for user in watched {
+                    if let Some(set) = registry.watchers.get_mut(&user) {
+                        set.remove(&handle.id);
+                        if set.is_empty() {
+                            registry.watchers.remove(&user);
+                        }
+                    }
+                }
+            }
+            let mut went_offline = false;
+            if let Some(ids) = registry.by_user.get_mut(&handle.user_id) {
+                ids.retain(|id| *id != handle.id);
+                if ids.is_empty() {
+                    registry.by_user.remove(&handle.user_id);
+                    went_offline = true;
+                }
+            }
+            if went_offline {
+                registry.watcher_sessions(handle.user_id)
+            } else {
+                Vec::new()
+            }
+        };
+        if !watchers.is_empty() {
+            announce(&watchers, handle.user_id, false, crate::unix_ms());
         }
-        if let Some(ids) = registry.by_user.get_mut(&handle.user_id) {
-            ids.retain(|id| *id != handle.id);
-            if ids.is_empty() {
-                registry.by_user.remove(&handle.user_id);
+    }
+
+    /// Subscribes a session to presence changes of `users`; refuses (with the
+    /// limit) when the session would watch more than [`PRESENCE_WATCH_MAX`].
+    pub fn watch(&self, session: u64, users: &[UserId]) -> Result<(), usize> {
+        let mut registry = self.lock();
+        let watched = registry.watching.get(&session);
+        let current = watched.map_or(0, HashSet::len);
+        let fresh = users
+            .iter()
+            .filter(|u| !watched.is_some_and(|w| w.contains(u)))
+            .count();
+        if current + fresh > PRESENCE_WATCH_MAX {
+            return Err(PRESENCE_WATCH_MAX);
+        }
+        for user in users {
+            registry.watchers.entry(*user).or_default().insert(session);
+            registry.watching.entry(session).or_default().insert(*user);
+        }
+        Ok(())
+    }
+
+    pub fn unwatch(&self, session: u64, users: &[UserId]) {
+        let mut registry = self.lock();
+        for user in users {
+            if let Some(set) = registry.watchers.get_mut(user) {
+                set.remove(&session);
+                if set.is_empty() {
+                    registry.watchers.remove(user);
+                }
+            }
+            if let Some(set) = registry.watching.get_mut(&session) {
+                set.remove(user);
             }
         }
+    }
+
+    pub fn is_online(&self, user: UserId) -> bool {
+        self.lock().by_user.contains_key(&user)
     }
 
     fn sessions_where(&self, keep: impl Fn(&SessionHandle) -> bool) -> Vec<Arc<SessionHandle>> {

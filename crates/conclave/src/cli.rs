@@ -43,6 +43,8 @@ pub enum Command {
     ShowConfig(ConfigArgs),
     /// Create or upgrade the database schema, then exit.
     Migrate(ConfigArgs),
+    /// Talk to a running server: register, log in, call routes, listen to events.
+    Client(crate::client_cli::ClientArgs),
 }
 
 #[derive(Args, Debug)]
@@ -157,6 +159,7 @@ impl ConfigArgs {
 
 pub fn run(cli: Cli, dotenv_loaded: bool) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Client(args) => crate::client_cli::run(args),
         Command::GenerateConfig { file, force } => generate_config(&file, force),
         Command::ValidateConfig { file } => Ok(validate_config(&file)),
         Command::ShowConfig(args) => {

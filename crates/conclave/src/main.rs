@@ -1,6 +1,7 @@
 //! `conclave`: the server binary and its operational subcommands.
 
 mod cli;
+mod client_cli;
 
 use std::process::ExitCode;
 

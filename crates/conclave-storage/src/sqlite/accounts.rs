@@ -328,4 +328,29 @@ impl AccountStore for SqliteStorage {
         })
         .await
     }
+
+    async fn touch_device(&self, device: DeviceId, now_ms: i64) -> Result<(), StorageError> {
+        timed(BACKEND, "touch_device", async {
+            let _writer = self.write_lock.lock().await;
+            sqlx::query("UPDATE devices SET last_seen_at = MAX(last_seen_at, ?) WHERE id = ?")
+                .bind(now_ms)
+                .bind(id(device.get()))
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn last_seen(&self, user: UserId) -> Result<Option<i64>, StorageError> {
+        timed(BACKEND, "last_seen", async {
+            let (seen,): (Option<i64>,) =
+                sqlx::query_as("SELECT MAX(last_seen_at) FROM devices WHERE user_id = ?")
+                    .bind(id(user.get()))
+                    .fetch_one(&self.pool)
+                    .await?;
+            Ok(seen)
+        })
+        .await
+    }
 }

@@ -1,0 +1,123 @@
+//! Presence (online, last seen) and typing indicators.
+
+use conclave_core::{ErrorCode, UserId};
+use conclave_protocol::api::presence::*;
+use conclave_protocol::api::{Empty, events};
+
+use crate::api_error::ApiError;
+use crate::permissions::member_of;
+use crate::rpc::{RouteTable, RpcContext};
+use crate::sessions::{PRESENCE_WATCH_MAX, PushEvent};
+use crate::state::AppState;
+
+/// Users one status request may ask about.
+const STATUS_BATCH_MAX: usize = 500;
+
+pub(crate) fn register(table: &mut RouteTable) {
+    table.add(subscribe);
+    table.add(unsubscribe);
+    table.add(status_get);
+    table.add(status_batch_get);
+    table.add(typing);
+}
+
+async fn subscribe(ctx: RpcContext, req: Subscribe) -> Result<StatusList, ApiError> {
+    let caller = ctx.caller()?;
+    bounded(&req.user_ids)?;
+    let session = caller.session_id.ok_or_else(|| {
+        ApiError::bad_request("presence/subscribe needs a live connection (WebSocket, TCP or QUIC)")
+    })?;
+    ctx.state
+        .sessions
+        .watch(session, &req.user_ids)
+        .map_err(|max| {
+            ApiError::new(
+                ErrorCode::LimitExceeded,
+                format!("a session may watch at most {max} users"),
+            )
+        })?;
+    statuses(&ctx.state, &req.user_ids).await
+}
+
+async fn unsubscribe(ctx: RpcContext, req: Unsubscribe) -> Result<Empty, ApiError> {
+    let caller = ctx.caller()?;
+    bounded(&req.user_ids)?;
+    if let Some(session) = caller.session_id {
+        ctx.state.sessions.unwatch(session, &req.user_ids);
+    }
+    Ok(Empty {})
+}
+
+async fn status_get(ctx: RpcContext, req: StatusGet) -> Result<PresenceStatus, ApiError> {
+    ctx.caller()?;
+    status(&ctx.state, req.user_id).await
+}
+
+async fn status_batch_get(ctx: RpcContext, req: StatusBatchGet) -> Result<StatusList, ApiError> {
+    ctx.caller()?;
+    if req.user_ids.len() > STATUS_BATCH_MAX {
+        return Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("user_ids: at most {STATUS_BATCH_MAX}"),
+        ));
+    }
+    statuses(&ctx.state, &req.user_ids).await
+}
+
+async fn typing(ctx: RpcContext, req: Typing) -> Result<Empty, ApiError> {
+    let caller = ctx.caller()?;
+    ctx.state
+        .rate_limits
+        .check_typing(caller.user_id, req.channel_id)?;
+    member_of(&ctx.state, req.channel_id, caller.user_id).await?;
+    let members = ctx.state.storage.messages().members(req.channel_id).await?;
+    let event = PushEvent::new(
+        events::TYPING,
+        serde_json::json!({
+            "channel_id": req.channel_id,
+            "user_id": caller.user_id,
+            "state": req.state,
+        }),
+    );
+    for member in members {
+        // The typist's own other devices do not need to hear it.
+        if member.user_id != caller.user_id {
+            ctx.state
+                .sessions
+                .push_to_user(member.user_id, &event, None);
+        }
+    }
+    Ok(Empty {})
+}
+
+fn bounded(users: &[UserId]) -> Result<(), ApiError> {
+    if users.len() > PRESENCE_WATCH_MAX {
+        return Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("user_ids: at most {PRESENCE_WATCH_MAX}"),
+        ));
+    }
+    Ok(())
+}
+
+async fn statuses(state: &AppState, users: &[UserId]) -> Result<StatusList, ApiError> {
+    let mut statuses = Vec::with_capacity(users.len());
+    for user in users {
+        statuses.push(status(state, *user).await?);
+    }
+    Ok(StatusList { statuses })
+}
+
+async fn status(state: &AppState, user: UserId) -> Result<PresenceStatus, ApiError> {
+    let online = state.sessions.is_online(user);
+    let last_seen_ms = if online {
+        Some(crate::unix_ms())
+    } else {
+        state.storage.accounts().last_seen(user).await?
+    };
+    Ok(PresenceStatus {
+        user_id: user,
+        online,
+        last_seen_ms,
+    })
+}
