@@ -705,7 +705,8 @@ impl MessageStore for SqliteStorage {
                 .bind(sql_id(user.get()))
                 .execute(&mut *tx)
                 .await?;
-            let body = serde_json_body(&[("user_id", user.to_string()), ("read_pts", target.to_string())]);
+            // Ids are strings on the wire; positions are numbers.
+            let body = serde_json::json!({ "user_id": user, "read_pts": target }).to_string();
             // In a direct channel the sender learns its message was read; in a
             // group only the reader's other devices hear it live.
             let audience = if kind == "direct" { Audience::Members } else { Audience::Actor };
