@@ -1,11 +1,12 @@
 //! One realtime session: concurrent calls and pushed events over a socket
 //! owned by a background task.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use conclave_core::ChannelId;
-use conclave_protocol::api::{EventPayload, Route};
+use conclave_protocol::api::{AckPayload, EventPayload, Route};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
@@ -17,6 +18,8 @@ use crate::error::{ClientError, CloseReason, Goaway};
 use crate::session::{Command, Session, Timings, Wire};
 use crate::wire::framed::Framed;
 use crate::wire::json::JsonWire;
+use crate::wire::noise::{self, NoiseOptions};
+use crate::wire::quic;
 use crate::wire::ws::{self, WsFrames};
 use crate::{
     CLOSE_TIMEOUT, COMMAND_QUEUE_CAPACITY, CONNECT_TIMEOUT, EVENT_QUEUE_CAPACITY, IN_FLIGHT_MAX,
@@ -24,6 +27,9 @@ use crate::{
 };
 
 /// How requests, responses and events are written on the WebSocket.
+///
+/// Sessions over TCP+Noise and QUIC always carry CCP-1 frames, and report
+/// [`Encoding::Binary`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Encoding {
     /// Text messages holding JSON envelopes.
@@ -170,6 +176,94 @@ impl Connection {
             Encoding::Json => Self::start(JsonWire::new(socket), encoding, options),
             Encoding::Binary => Self::start(Framed::new(WsFrames::new(socket)), encoding, options),
         })
+    }
+
+    /// Opens a session over TCP wrapped in a Noise tunnel (XK or IK, see
+    /// [`NoiseOptions`]) and returns it with the server's [`AckPayload`].
+    ///
+    /// No access token travels: the device authenticates by proving the
+    /// static key it registered at login, and the server by the key the
+    /// client pinned.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Api`] when the server refuses the handshake, with its
+    /// code: `key_mismatch` (not the device's registered key),
+    /// `device_revoked` (an unknown or revoked device, or one without a live
+    /// login, e.g. after a kick), `handshake_failed` (among others, when
+    /// `server_public_key` is not the server's key);
+    /// [`ClientError::Timeout`] after [`CONNECT_TIMEOUT`];
+    /// [`ClientError::Transport`] when the server cannot be reached;
+    /// [`ClientError::Protocol`] when its answers make no sense.
+    pub async fn connect_tcp(
+        addr: SocketAddr,
+        options: NoiseOptions,
+    ) -> Result<(Self, AckPayload), ClientError> {
+        Self::connect_tcp_with(addr, options, ConnectOptions::default()).await
+    }
+
+    /// [`Connection::connect_tcp`] with other timings.
+    ///
+    /// # Errors
+    ///
+    /// As [`Connection::connect_tcp`].
+    pub async fn connect_tcp_with(
+        addr: SocketAddr,
+        options: NoiseOptions,
+        timings: ConnectOptions,
+    ) -> Result<(Self, AckPayload), ClientError> {
+        let (frames, ack) =
+            tokio::time::timeout(timings.connect_timeout, noise::connect(addr, &options))
+                .await
+                .map_err(|_| ClientError::Timeout("the TCP+Noise handshake"))??;
+        let connection = Self::start(Framed::new(frames), Encoding::Binary, timings);
+        Ok((connection, ack))
+    }
+
+    /// Opens a session over QUIC, authenticated by `token`, and returns it
+    /// with the server's [`AckPayload`].
+    ///
+    /// The server's certificate is pinned: it is accepted only if the
+    /// SHA-256 of its DER is `cert_sha256_hex` (64 hex digits, as
+    /// `GET /v1/server-info` publishes it in `quic_cert_sha256`).
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Api`] when the server refuses the token
+    /// (`unauthenticated`, `token_expired`, `session_kicked`, ...);
+    /// [`ClientError::Transport`] when the server cannot be reached, its
+    /// certificate is not the pinned one, or the fingerprint is malformed;
+    /// [`ClientError::Timeout`] after [`CONNECT_TIMEOUT`];
+    /// [`ClientError::Protocol`] when its answers make no sense.
+    pub async fn connect_quic(
+        addr: SocketAddr,
+        token: &str,
+        cert_sha256_hex: &str,
+    ) -> Result<(Self, AckPayload), ClientError> {
+        Self::connect_quic_with(addr, token, cert_sha256_hex, ConnectOptions::default()).await
+    }
+
+    /// [`Connection::connect_quic`] with other timings. The QUIC idle
+    /// timeout is the silence timeout.
+    ///
+    /// # Errors
+    ///
+    /// As [`Connection::connect_quic`].
+    pub async fn connect_quic_with(
+        addr: SocketAddr,
+        token: &str,
+        cert_sha256_hex: &str,
+        timings: ConnectOptions,
+    ) -> Result<(Self, AckPayload), ClientError> {
+        let pinned = quic::parse_fingerprint(cert_sha256_hex)?;
+        let (frames, ack) = tokio::time::timeout(
+            timings.connect_timeout,
+            quic::connect(addr, token, pinned, timings.silence_timeout),
+        )
+        .await
+        .map_err(|_| ClientError::Timeout("the QUIC handshake"))??;
+        let connection = Self::start(Framed::new(frames), Encoding::Binary, timings);
+        Ok((connection, ack))
     }
 
     /// Spawns the I/O task over an open wire.

@@ -1,7 +1,9 @@
 //! RPC over plain HTTP: `POST {base}/api/v1/{route}`.
 
+use conclave_core::DeviceId;
 use conclave_protocol::api::Route;
 use conclave_protocol::api::account::{AuthGrant, Login, Register};
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::HTTP_TIMEOUT;
@@ -140,6 +142,148 @@ impl HttpClient {
             device_name: device_name.map(str::to_owned),
             device_id: None,
             noise_public_key: None,
+        })
+        .await
+    }
+}
+
+/// What `GET /v1/server-info` tells a client before it connects: the keys
+/// to pin for the encrypted transports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerInfo {
+    /// The server software's name (`conclave`).
+    pub name: String,
+    /// The server software's version.
+    pub version: String,
+    /// Identifies this installation (stable across restarts).
+    pub installation_id: String,
+    /// The protocol version the server speaks.
+    pub protocol_version: u32,
+    /// The server's static X25519 key, for
+    /// [`crate::NoiseOptions::server_public_key`].
+    pub noise_public_key: [u8; 32],
+    /// SHA-256 of the QUIC certificate (lowercase hex), for
+    /// [`crate::Connection::connect_quic`].
+    pub quic_cert_sha256: String,
+}
+
+/// `GET /v1/server-info` as it travels.
+#[derive(Deserialize)]
+struct ServerInfoBody {
+    name: String,
+    version: String,
+    installation_id: String,
+    protocol_version: u32,
+    noise_public_key: String,
+    quic_cert_sha256: String,
+}
+
+impl TryFrom<ServerInfoBody> for ServerInfo {
+    type Error = ClientError;
+
+    fn try_from(body: ServerInfoBody) -> Result<Self, ClientError> {
+        let noise_public_key = hex::decode(&body.noise_public_key)
+            .ok()
+            .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+            .ok_or_else(|| {
+                ClientError::Protocol(format!(
+                    "the server's noise_public_key `{}` is not 64 hex digits",
+                    body.noise_public_key
+                ))
+            })?;
+        Ok(Self {
+            name: body.name,
+            version: body.version,
+            installation_id: body.installation_id,
+            protocol_version: body.protocol_version,
+            noise_public_key,
+            quic_cert_sha256: body.quic_cert_sha256.to_ascii_lowercase(),
+        })
+    }
+}
+
+/// [`HttpClient::server_info`] without keeping a client: what the server at
+/// `base_url` (e.g. `http://127.0.0.1:8080`) publishes about itself.
+///
+/// # Errors
+///
+/// As [`HttpClient::server_info`].
+pub async fn server_info(base_url: &str) -> Result<ServerInfo, ClientError> {
+    HttpClient::new(base_url).server_info().await
+}
+
+impl HttpClient {
+    /// `GET /v1/server-info`: the server's version and the keys to pin.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Timeout`] after [`HTTP_TIMEOUT`],
+    /// [`ClientError::Transport`] when the request does not get through or
+    /// the server answers with an error status, [`ClientError::Protocol`]
+    /// when the answer is not the expected JSON.
+    pub async fn server_info(&self) -> Result<ServerInfo, ClientError> {
+        let url = format!("{}/v1/server-info", self.base_url);
+        let exchange = async {
+            let response = self.http.get(url).send().await.map_err(transport)?;
+            let status = response.status();
+            let bytes = response.bytes().await.map_err(transport)?;
+            if !status.is_success() {
+                return Err(envelope::http_error(status.as_u16(), &bytes));
+            }
+            let body: ServerInfoBody = serde_json::from_slice(&bytes).map_err(|err| {
+                ClientError::Protocol(format!("unreadable /v1/server-info: {err}"))
+            })?;
+            ServerInfo::try_from(body)
+        };
+        tokio::time::timeout(HTTP_TIMEOUT, exchange)
+            .await
+            .map_err(|_| ClientError::Timeout("an HTTP response"))?
+    }
+
+    /// [`HttpClient::register`], registering the first device's Noise
+    /// static public key (e.g. [`crate::generate_device_keypair`]'s
+    /// `public`), which the TCP+Noise transport requires.
+    ///
+    /// # Errors
+    ///
+    /// As [`HttpClient::register`]; `bad_request` for an unusable key.
+    pub async fn register_with_noise_key(
+        &self,
+        username: &str,
+        password: &str,
+        device_name: Option<&str>,
+        noise_public_key: &[u8; 32],
+    ) -> Result<AuthGrant, ClientError> {
+        self.call(&Register {
+            username: username.to_owned(),
+            password: password.to_owned(),
+            display_name: None,
+            device_name: device_name.map(str::to_owned),
+            noise_public_key: Some(hex::encode(noise_public_key)),
+        })
+        .await
+    }
+
+    /// Logs in with a Noise static public key: as a new device, or, with
+    /// `device_id`, again on an existing one (replacing its key).
+    ///
+    /// # Errors
+    ///
+    /// As [`HttpClient::login`]; `bad_request` for an unusable key.
+    pub async fn login_with_noise_key(
+        &self,
+        username: &str,
+        password: &str,
+        device_name: Option<&str>,
+        device_id: Option<DeviceId>,
+        noise_public_key: &[u8; 32],
+    ) -> Result<AuthGrant, ClientError> {
+        self.call(&Login {
+            username: username.to_owned(),
+            password: password.to_owned(),
+            device_name: device_name.map(str::to_owned),
+            device_id,
+            noise_public_key: Some(hex::encode(noise_public_key)),
         })
         .await
     }

@@ -4,10 +4,17 @@
 //!
 //! - [`HttpClient`]: one `POST /api/v1/<route>` per call; no session, no
 //!   events. Registration and login live here because they precede any
-//!   token.
-//! - [`Connection`]: one realtime session on the WebSocket (`/v1/ws`), in
-//!   JSON or CCP-1 binary [`Encoding`]. Calls may run concurrently on it,
-//!   and the server pushes [`Event`]s into it.
+//!   token, and so does [`server_info`], which publishes the keys to pin.
+//! - [`Connection`]: one realtime session. Calls may run concurrently on
+//!   it, and the server pushes [`Event`]s into it. Three transports carry
+//!   it, with the same calls and events on each:
+//!   - the WebSocket (`/v1/ws`), in JSON or CCP-1 binary [`Encoding`]
+//!     ([`Connection::connect_ws`]);
+//!   - TCP inside a Noise tunnel, XK or IK, where the device proves the
+//!     static key it registered at login ([`Connection::connect_tcp`],
+//!     [`NoiseOptions`], [`generate_device_keypair`]);
+//!   - QUIC with a pinned certificate, authenticated by the access token
+//!     ([`Connection::connect_quic`]).
 //!
 //! Requests are typed by [`conclave_protocol::api::Route`], so the SDK and
 //! the server share one schema; `call_raw` exists for routes or bodies the
@@ -36,14 +43,34 @@ use std::time::Duration;
 
 pub use connection::{ConnectOptions, Connection, Encoding, Event};
 pub use error::{ClientError, CloseReason, Goaway};
-pub use http::HttpClient;
+pub use http::{HttpClient, ServerInfo, server_info};
+pub use wire::noise::NoiseOptions;
 
 /// Re-exported so that callers can name request and response types without
 /// depending on the protocol crate themselves.
 pub use conclave_protocol::api;
+/// What the server says when a TCP or QUIC session starts.
+pub use conclave_protocol::api::AckPayload as Ack;
+/// The Noise handshake patterns and static key pairs of the TCP transport.
+pub use conclave_tunnel::{Keypair, Pattern};
 
-/// How long opening the WebSocket (TCP connect, upgrade, authentication)
-/// may take.
+/// A fresh X25519 static key pair for a device, from OS randomness. Register
+/// its `public` half at login (`noise_public_key`) and keep the pair to
+/// open TCP+Noise sessions as that device.
+///
+/// # Errors
+///
+/// [`ClientError::Protocol`] if no randomness or X25519 implementation is
+/// available.
+pub fn generate_device_keypair() -> Result<Keypair, ClientError> {
+    conclave_tunnel::generate_keypair()
+        .map_err(|err| ClientError::Protocol(format!("cannot generate a device key: {err}")))
+}
+
+/// How long opening a session may take: for the WebSocket the TCP connect,
+/// upgrade and authentication; for TCP+Noise the connect, the handshake and
+/// the server's `Ack`; for QUIC the connect, the TLS handshake and the
+/// `Ack`.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long one call may take, from waiting for room to send until its
@@ -106,5 +133,7 @@ mod tests {
         shareable::<HttpClient>();
         shareable::<ClientError>();
         shareable::<Event>();
+        shareable::<NoiseOptions>();
+        shareable::<ServerInfo>();
     }
 }

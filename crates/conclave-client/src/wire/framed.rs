@@ -14,8 +14,8 @@ use crate::envelope;
 use crate::error::{ClientError, CloseReason};
 use crate::session::{Inbound, Wire};
 
-/// A carrier of CCP-1 frames: the WebSocket's binary mode today, a Noise
-/// tunnel over TCP or a QUIC stream later. It moves encoded frames and
+/// A carrier of CCP-1 frames: the WebSocket's binary mode, a Noise tunnel
+/// over TCP, or a QUIC stream. It moves encoded frames and
 /// nothing more; what the frames mean is [`Framed`]'s business.
 pub(crate) trait FrameTransport: Send + 'static {
     /// Sends one or more whole encoded frames.

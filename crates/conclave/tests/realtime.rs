@@ -1,0 +1,264 @@
+//! The same realtime scenario over every transport, against the real binary:
+//! two users with two devices each, all four sessions connected, routes
+//! called, one event pushed to all four; then kick and revoke close live
+//! sessions within a second and their tokens stop working at once.
+
+mod support;
+
+use std::time::Duration;
+
+use conclave_client::api::account::{
+    AuthGrant, DeviceKick, DeviceList, DeviceRevoke, Login, Register, UserDetail,
+};
+use conclave_client::api::messaging::{Content, DirectGetOrCreate, MessageSend};
+use conclave_client::{
+    Connection, Encoding, HttpClient, Keypair, NoiseOptions, Pattern, ServerInfo,
+};
+use support::Server;
+
+/// Kicks and revokes must reach live sessions within this time.
+const CLOSE_WITHIN: Duration = Duration::from_secs(1);
+const EVENT_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy)]
+enum Via {
+    WsJson,
+    WsBinary,
+    TcpXk,
+    TcpIk,
+    Quic,
+}
+
+struct Device {
+    grant: AuthGrant,
+    keypair: Keypair,
+}
+
+fn start(dir: &std::path::Path) -> Server {
+    let config = dir.join("c.toml");
+    std::fs::write(
+        &config,
+        "[auth]\npassword_hash_memory_kib = 64\npassword_hash_iterations = 1\n",
+    )
+    .unwrap();
+    Server::start(
+        dir,
+        &["--config", config.to_str().unwrap(), "--data-dir", "d"],
+    )
+}
+
+async fn devices(http: &HttpClient, username: &str) -> (Device, Device) {
+    let first_key = conclave_client::generate_device_keypair().unwrap();
+    let first = http
+        .call(&Register {
+            username: username.to_owned(),
+            password: "a long password".to_owned(),
+            display_name: None,
+            device_name: Some("laptop".to_owned()),
+            noise_public_key: Some(hex::encode(first_key.public)),
+        })
+        .await
+        .unwrap();
+    let second_key = conclave_client::generate_device_keypair().unwrap();
+    let second = http
+        .call(&Login {
+            username: username.to_owned(),
+            password: "a long password".to_owned(),
+            device_name: Some("phone".to_owned()),
+            device_id: None,
+            noise_public_key: Some(hex::encode(second_key.public)),
+        })
+        .await
+        .unwrap();
+    (
+        Device {
+            grant: first,
+            keypair: first_key,
+        },
+        Device {
+            grant: second,
+            keypair: second_key,
+        },
+    )
+}
+
+async fn connect(
+    server: &Server,
+    info: &ServerInfo,
+    via: Via,
+    device: &Device,
+) -> Result<Connection, conclave_client::ClientError> {
+    let base = format!("http://{}", server.http);
+    let noise = |pattern| NoiseOptions {
+        pattern,
+        device_keypair: device.keypair.clone(),
+        server_public_key: info.noise_public_key,
+        device_id: device.grant.device_id,
+    };
+    match via {
+        Via::WsJson => Connection::connect_ws(&base, &device.grant.token, Encoding::Json).await,
+        Via::WsBinary => Connection::connect_ws(&base, &device.grant.token, Encoding::Binary).await,
+        Via::TcpXk => Connection::connect_tcp(server.tcp, noise(Pattern::Xk))
+            .await
+            .map(|(c, _)| c),
+        Via::TcpIk => Connection::connect_tcp(server.tcp, noise(Pattern::Ik))
+            .await
+            .map(|(c, _)| c),
+        Via::Quic => {
+            Connection::connect_quic(server.quic, &device.grant.token, &info.quic_cert_sha256)
+                .await
+                .map(|(c, _)| c)
+        }
+    }
+}
+
+async fn scenario(via: Via) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let base = format!("http://{}", server.http);
+    let http = HttpClient::new(&base);
+    let info = conclave_client::server_info(&base).await.unwrap();
+    let (alice_laptop, alice_phone) = devices(&http, "alice").await;
+    let (bob_laptop, bob_phone) = devices(&http, "bob").await;
+
+    let mut sessions = Vec::new();
+    for (name, device) in [
+        ("alice", &alice_laptop),
+        ("alice", &alice_phone),
+        ("bob", &bob_laptop),
+        ("bob", &bob_phone),
+    ] {
+        let connection = connect(&server, &info, via, device).await.unwrap();
+        let me = connection.call(&UserDetail::default()).await.unwrap();
+        assert_eq!(me.username, name, "{via:?}");
+        sessions.push(connection);
+    }
+    let listed = sessions[0].call(&DeviceList {}).await.unwrap();
+    assert_eq!(listed.devices.len(), 2, "{via:?}");
+    assert!(
+        listed.devices.iter().all(|d| d.online_sessions == 1),
+        "{via:?}: {listed:?}"
+    );
+
+    // Alice writes to bob over plain HTTP: all four live sessions hear it.
+    let alice_http = http.clone().with_token(alice_laptop.grant.token.clone());
+    let channel = alice_http
+        .call(&DirectGetOrCreate {
+            user_id: bob_laptop.grant.user_id,
+        })
+        .await
+        .unwrap()
+        .channel_id;
+    let sent = alice_http
+        .call(&MessageSend {
+            channel_id: channel,
+            client_msg_id: "hello-1".to_owned(),
+            content: Content::Text {
+                text: format!("hello over {via:?}"),
+            },
+            reply_to: None,
+            mentions: None,
+        })
+        .await
+        .unwrap();
+    for (i, session) in sessions.iter_mut().enumerate() {
+        let event = loop {
+            let event = session
+                .next_event_timeout(EVENT_WAIT)
+                .await
+                .unwrap()
+                .unwrap();
+            if event.name == "message/new" {
+                break event;
+            }
+        };
+        assert_eq!(event.channel_id, Some(channel), "{via:?} session {i}");
+        assert_eq!(event.pts, Some(sent.pts), "{via:?} session {i}");
+        assert_eq!(event.body["client_msg_id"], "hello-1");
+        assert_eq!(event.body["content"]["text"], format!("hello over {via:?}"));
+    }
+
+    // Bob's laptop kicks bob's phone: its session closes within a second and
+    // its token stops working at once.
+    let bob_phone_session = sessions.pop().unwrap();
+    sessions[2]
+        .call(&DeviceKick {
+            device_id: bob_phone.grant.device_id,
+        })
+        .await
+        .unwrap();
+    let reason = tokio::time::timeout(CLOSE_WITHIN, bob_phone_session.closed())
+        .await
+        .unwrap_or_else(|_| panic!("{via:?}: a kicked session must close within {CLOSE_WITHIN:?}"));
+    assert_eq!(reason.code(), Some("session_kicked"), "{via:?}");
+    let err = http
+        .clone()
+        .with_token(bob_phone.grant.token.clone())
+        .call(&UserDetail::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("session_kicked"), "{via:?}");
+    // A kicked device cannot reconnect (any transport) until it logs in again.
+    let refused = connect(&server, &info, via, &bob_phone)
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(refused.code(), Some("session_kicked" | "device_revoked")),
+        "{via:?}: {refused:?}"
+    );
+
+    // Alice's laptop revokes alice's phone: closed, and gone from the list.
+    let alice_phone_session = sessions.remove(1);
+    sessions[0]
+        .call(&DeviceRevoke {
+            device_id: alice_phone.grant.device_id,
+        })
+        .await
+        .unwrap();
+    let reason = tokio::time::timeout(CLOSE_WITHIN, alice_phone_session.closed())
+        .await
+        .unwrap_or_else(|_| {
+            panic!("{via:?}: a revoked session must close within {CLOSE_WITHIN:?}")
+        });
+    assert_eq!(reason.code(), Some("device_revoked"), "{via:?}");
+    let err = http
+        .clone()
+        .with_token(alice_phone.grant.token.clone())
+        .call(&UserDetail::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("device_revoked"), "{via:?}");
+    let listed = sessions[0].call(&DeviceList {}).await.unwrap();
+    assert_eq!(listed.devices.len(), 1, "{via:?}");
+
+    // The others are untouched.
+    for session in &sessions {
+        session.call(&UserDetail::default()).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_websocket_json() {
+    scenario(Via::WsJson).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_websocket_binary() {
+    scenario(Via::WsBinary).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tcp_noise_xk() {
+    scenario(Via::TcpXk).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tcp_noise_ik() {
+    scenario(Via::TcpIk).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_quic() {
+    scenario(Via::Quic).await;
+}
