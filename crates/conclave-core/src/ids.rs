@@ -121,6 +121,11 @@ define_id!(
     MessageId,
     "message id"
 );
+define_id!(
+    /// One live connection of a device (a device may hold several).
+    SessionId,
+    "session id"
+);
 
 #[cfg(test)]
 mod tests {

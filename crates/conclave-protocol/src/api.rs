@@ -113,7 +113,7 @@ pub struct AuthPayload {
 /// on TCP+Noise the first encrypted frame).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AckPayload {
-    pub session_id: u64,
+    pub session_id: conclave_core::SessionId,
     pub user_id: conclave_core::UserId,
     pub device_id: conclave_core::DeviceId,
     pub protocol_version: u32,

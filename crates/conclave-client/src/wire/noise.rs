@@ -114,6 +114,12 @@ pub(crate) async fn connect(
             .and_then(|()| drain(&mut frames.opener, &mut received))
             .map_err(refusal_or_protocol)?;
     }
+    // Prove liveness at once: the server opens no session (and sends no
+    // Ack) until a transport message from us decrypts, so a replayed IK
+    // first message gets nowhere. A Ping is the cheapest such message.
+    frames.keepalive().await.map_err(|err| {
+        ClientError::Transport(format!("sending the first transport message: {err}"))
+    })?;
     let ack = frames.await_ack(received).await?;
     if ack.device_id != options.device_id {
         return Err(ClientError::Protocol(format!(

@@ -50,8 +50,9 @@ pub(crate) fn bind(
     transport
         .max_concurrent_bidi_streams(1u32.into())
         .max_concurrent_uni_streams(0u32.into())
+        // A backstop behind the session's own idle check, which says goodbye.
         .max_idle_timeout(Some(
-            Duration::from_millis(idle_timeout_ms)
+            Duration::from_millis(idle_timeout_ms.saturating_mul(2))
                 .try_into()
                 .context("limits.idle_timeout_ms is too large for QUIC")?,
         ));
@@ -84,7 +85,10 @@ pub(crate) async fn serve(state: AppState, endpoint: quinn::Endpoint, slots: Arc
             drop(slot);
         });
     }
-    endpoint.close(0u32.into(), b"shutting down");
+    // No `endpoint.close` here: that would cut the sessions off before they
+    // send their `shutting_down` goodbye. Each session closes its own
+    // connection as it ends, and the endpoint goes when the last one does.
+    drop(endpoint);
 }
 
 async fn handle(state: AppState, incoming: quinn::Incoming) {
@@ -171,7 +175,7 @@ async fn authenticate(
         payload.hold_events,
     );
     let ack = AckPayload {
-        session_id: link.handle.id,
+        session_id: conclave_core::SessionId::new(link.handle.id),
         user_id: caller.user_id,
         device_id: caller.device_id,
         protocol_version: version,

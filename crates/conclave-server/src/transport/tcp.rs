@@ -18,7 +18,6 @@ use tokio::sync::Semaphore;
 
 use crate::api_error::ApiError;
 use crate::rpc::Caller;
-use crate::sessions::SessionLink;
 use crate::state::AppState;
 use crate::transport::framed::{self, FrameWire};
 
@@ -68,7 +67,8 @@ async fn handle(state: AppState, stream: TcpStream, peer: SocketAddr) {
         buffer: BytesMut::with_capacity(4096),
     };
     let auth_timeout = Duration::from_millis(state.config.limits.auth_timeout_ms);
-    let outcome = tokio::time::timeout(auth_timeout, handshake.run(&state, &mut write))
+    let auth_deadline = tokio::time::Instant::now() + auth_timeout;
+    let outcome = tokio::time::timeout_at(auth_deadline, handshake.run(&state, &mut write))
         .await
         .unwrap_or_else(|_| {
             Err(Refusal::new(
@@ -77,7 +77,12 @@ async fn handle(state: AppState, stream: TcpStream, peer: SocketAddr) {
             ))
         });
     match outcome {
-        Ok((transport, caller, link, version)) => {
+        Ok(Handshaken {
+            transport,
+            device,
+            version,
+            pattern,
+        }) => {
             let (sealer, mut opener) = transport.split();
             // Bytes that followed the last handshake frame are already
             // ciphertext.
@@ -104,8 +109,43 @@ async fn handle(state: AppState, stream: TcpStream, peer: SocketAddr) {
                 wire.finish().await;
                 return;
             }
+            // IK completes on the client's first message, which anyone who
+            // recorded it can replay. Only a transport message that decrypts
+            // proves a live device, so the session opens after the first one.
+            if pattern == conclave_tunnel::Pattern::Ik && early.is_empty() {
+                let proven = tokio::time::timeout_at(auth_deadline, async {
+                    while early.is_empty() {
+                        if !wire.read_frames(&mut early).await? {
+                            return Err(ApiError::new(
+                                ErrorCode::HandshakeFailed,
+                                "closed before proving liveness",
+                            ));
+                        }
+                    }
+                    Ok(())
+                })
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ApiError::new(
+                        ErrorCode::AuthTimeout,
+                        "send a transport message (a Ping will do) right after the handshake",
+                    ))
+                });
+                if let Err(err) = proven {
+                    let goaway = crate::transport::frames::goaway_frame(err.code, &err.message);
+                    let _ = wire.write(&goaway).await;
+                    wire.finish().await;
+                    return;
+                }
+            }
+            let link = state.sessions.open(device.user_id, device.id, "tcp", false);
+            let caller = Caller {
+                user_id: device.user_id,
+                device_id: device.id,
+                session_id: Some(link.handle.id),
+            };
             let ack = AckPayload {
-                session_id: link.handle.id,
+                session_id: conclave_core::SessionId::new(link.handle.id),
                 user_id: caller.user_id,
                 device_id: caller.device_id,
                 protocol_version: version,
@@ -173,13 +213,20 @@ struct Handshake {
     buffer: BytesMut,
 }
 
+struct Handshaken {
+    transport: conclave_tunnel::Transport,
+    device: conclave_storage::DeviceRecord,
+    version: u32,
+    pattern: conclave_tunnel::Pattern,
+}
+
 impl Handshake {
     /// Hello -> device lookup -> Auth (-> Auth for XK) -> transport mode.
     async fn run(
         &mut self,
         state: &AppState,
         write: &mut OwnedWriteHalf,
-    ) -> Result<(conclave_tunnel::Transport, Caller, SessionLink, u32), Refusal> {
+    ) -> Result<Handshaken, Refusal> {
         let hello = self.next_frame().await?;
         let (mut responder, claim) =
             ResponderHandshake::start(state.secrets.noise_private_key(), &hello)?;
@@ -191,10 +238,18 @@ impl Handshake {
             .await
             .map_err(ApiError::from)?;
         let now = crate::unix_ms();
-        // Only an active device with a live login may connect: a kicked or
-        // logged-out device must log in again first.
-        let device =
-            device.filter(|d| d.is_active() && d.refresh_expires_at_ms.is_some_and(|at| at > now));
+        // Only an active device with a live login may connect: a removed
+        // device must register anew, a signed-out one log in again.
+        let device = match device {
+            Some(d) if !d.is_active() => None,
+            Some(d) if !d.refresh_expires_at_ms.is_some_and(|at| at > now) => {
+                return Err(Refusal::new(
+                    ErrorCode::SessionKicked,
+                    "this device is signed out; log in again",
+                ));
+            }
+            other => other,
+        };
         let registered = device.as_ref().and_then(|d| d.noise_public_key);
         let auth = responder.accept(registered.as_ref())?;
         send_plain(write, &auth).await?;
@@ -203,16 +258,16 @@ impl Handshake {
             responder.finish(&finish)?;
         }
         let version = responder.protocol_version();
+        let pattern = responder.pattern();
         let transport = responder.into_transport()?;
         let device =
             device.ok_or_else(|| Refusal::new(ErrorCode::DeviceRevoked, "unknown device"))?;
-        let link = state.sessions.open(device.user_id, device.id, "tcp", false);
-        let caller = Caller {
-            user_id: device.user_id,
-            device_id: device.id,
-            session_id: Some(link.handle.id),
-        };
-        Ok((transport, caller, link, version))
+        Ok(Handshaken {
+            transport,
+            device,
+            version,
+            pattern,
+        })
     }
 
     /// The next plaintext handshake frame.
