@@ -242,7 +242,7 @@ impl Handshake {
         // device must register anew, a signed-out one log in again.
         let device = match device {
             Some(d) if !d.is_active() => None,
-            Some(d) if !d.refresh_expires_at_ms.is_some_and(|at| at > now) => {
+            Some(d) if d.refresh_expires_at_ms.is_none_or(|at| at <= now) => {
                 return Err(Refusal::new(
                     ErrorCode::SessionKicked,
                     "this device is signed out; log in again",
