@@ -240,15 +240,31 @@ async fn a_kicked_device_is_closed_at_once_and_may_log_in_again() {
         assert!(matches!(err, ClientError::Closed(Some(_))), "{err:?}");
         assert_eq!(err.code(), Some("session_kicked"));
 
-        // The user's other sessions (not the kicking one) learn that the
-        // device list changed.
+        // The user's other sessions (not the kicking one) learn it from the
+        // inbox entry, which devices that were offline get by sync.
         let changed = conn1b
             .next_event_timeout(STEP_TIMEOUT)
             .await
             .expect("event");
         let changed = changed.expect("still open");
-        assert_eq!(changed.name, events::DEVICES_CHANGED);
-        assert_eq!(changed.body["ended"], json!([second.device_id]));
+        assert_eq!(changed.name, events::INBOX_NEW);
+        assert_eq!(changed.body["event"], events::DEVICE_ENDED);
+        assert_eq!(
+            changed.body["body"]["device_ids"],
+            json!([second.device_id])
+        );
+        let inbox = conn1b
+            .call(&conclave_client::api::messaging::GetInboxDifference {
+                last_pts: 0,
+                limit: None,
+            })
+            .await
+            .unwrap();
+        let last = inbox.events.last().unwrap();
+        assert_eq!(last.pts, changed.body["pts"].as_u64().unwrap());
+        assert_eq!(last.event, events::DEVICE_ENDED);
+        assert_eq!(inbox.current_pts, last.pts);
+        assert!(!inbox.has_more);
 
         // The old token is dead everywhere.
         let old = server.http().with_token(&second.token);

@@ -146,8 +146,13 @@ pub mod events {
     pub const SESSION_KICKED: &str = "session/kicked";
     /// The user's profile changed (pushed to the user's own devices).
     pub const USER_UPDATED: &str = "user/updated";
-    /// The user's device list changed (pushed to the user's own devices).
-    pub const DEVICES_CHANGED: &str = "device/changed";
+    /// A new entry in the user's inbox (pushed to the user's own devices);
+    /// the body is the entry as `sync/get_inbox_difference` returns it.
+    pub const INBOX_NEW: &str = "inbox/new";
+    /// Inbox entry: a device logged in to the account.
+    pub const DEVICE_ADDED: &str = "device/added";
+    /// Inbox entry: devices were signed out (kicked, logged out) or removed.
+    pub const DEVICE_ENDED: &str = "device/ended";
     /// A message was stored in a channel.
     pub const MESSAGE_NEW: &str = "message/new";
     /// A message was revoked; its content is gone.

@@ -67,6 +67,7 @@ impl RouteTable {
         crate::services::accounts::register(&mut table);
         crate::services::messaging::register(&mut table);
         crate::services::presence::register(&mut table);
+        crate::services::inbox::register(&mut table);
         table
     }
 

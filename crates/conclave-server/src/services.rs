@@ -2,5 +2,6 @@
 //! routes into the table in its `register` function.
 
 pub(crate) mod accounts;
+pub(crate) mod inbox;
 pub(crate) mod messaging;
 pub(crate) mod presence;

@@ -630,6 +630,33 @@ pub async fn the_conversation_list_orders_pins_and_hides(storage: Arc<dyn Storag
     assert_eq!(messages.channel_heads(me).await.unwrap().len(), 3);
 }
 
+pub async fn inbox_events_get_contiguous_pts_per_user(storage: Arc<dyn Storage>) {
+    let (a, b) = (user(&storage, "ann").await, user(&storage, "ben").await);
+    let inbox = storage.inbox();
+    for i in 1..=5u64 {
+        let event = inbox
+            .append_inbox(a, "device/added", &format!("{{\"n\":{i}}}"), 10)
+            .await
+            .unwrap();
+        assert_eq!(event.pts, i);
+    }
+    assert_eq!(
+        inbox
+            .append_inbox(b, "device/added", "{}", 10)
+            .await
+            .unwrap()
+            .pts,
+        1,
+        "per-user pts"
+    );
+    let (events, head) = inbox.inbox_after(a, 2, 2).await.unwrap();
+    assert_eq!(head, 5);
+    assert_eq!(events.iter().map(|e| e.pts).collect::<Vec<_>>(), vec![3, 4]);
+    assert_eq!(events[0].body, "{\"n\":3}");
+    let missing = inbox.append_inbox(UserId::new(999_999), "x", "{}", 1).await;
+    assert!(matches!(missing, Err(StorageError::NotFound(_))));
+}
+
 /// Generates one `#[tokio::test]` per conformance check. `$open` is an async
 /// expression that yields a fresh `Arc<dyn Storage>` (and may `return` early
 /// to skip when the backend's server is not configured).
@@ -653,6 +680,7 @@ macro_rules! conformance_tests {
             read_cursors_only_move_forward,
             revoked_content_is_erased_everywhere,
             the_conversation_list_orders_pins_and_hides,
+            inbox_events_get_contiguous_pts_per_user,
         );
     };
     (@each $open:expr; $($check:ident,)*) => {

@@ -8,6 +8,7 @@
 mod accounts;
 pub mod conformance;
 mod error;
+mod inbox;
 mod messaging;
 mod metrics;
 pub use metrics::register as register_metrics;
@@ -19,6 +20,7 @@ use async_trait::async_trait;
 
 pub use accounts::{AccountStore, DeviceLogin, DeviceRecord, NewUser, ProfileUpdate, UserRecord};
 pub use error::StorageError;
+pub use inbox::{InboxEvent, InboxStore};
 pub use messaging::{
     Audience, ChannelKind, ChannelRecord, ChannelSummary, Committed, EventRecord, MemberFlag,
     MemberRecord, MessageRecord, MessageStore, NewMessage, ReactionOp, SendOutcome,
@@ -57,6 +59,8 @@ pub trait Storage: Send + Sync + 'static {
     fn accounts(&self) -> &dyn AccountStore;
 
     fn messages(&self) -> &dyn MessageStore;
+
+    fn inbox(&self) -> &dyn InboxStore;
 }
 
 /// Write-once facts about the installation.

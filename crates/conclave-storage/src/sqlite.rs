@@ -1,6 +1,7 @@
 //! The embedded SQLite backend.
 
 mod accounts;
+mod inbox;
 mod messaging;
 
 use std::str::FromStr;
@@ -196,6 +197,10 @@ impl Storage for SqliteStorage {
     }
 
     fn messages(&self) -> &dyn crate::MessageStore {
+        self
+    }
+
+    fn inbox(&self) -> &dyn crate::InboxStore {
         self
     }
 }

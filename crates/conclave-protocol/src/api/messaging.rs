@@ -528,6 +528,36 @@ route!(
     ChannelPtsList
 );
 
+/// An entry of the user's inbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InboxEntry {
+    pub pts: u64,
+    /// `device/added`, `device/ended`; later friend requests and invitations.
+    pub event: String,
+    pub body: serde_json::Value,
+    pub server_ts: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GetInboxDifference {
+    pub last_pts: u64,
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InboxDifference {
+    pub events: Vec<InboxEntry>,
+    pub current_pts: u64,
+    pub has_more: bool,
+}
+route!(
+    GetInboxDifference,
+    "sync/get_inbox_difference",
+    InboxDifference
+);
+
 /// Ends catch-up: events held for this session (connected with
 /// `hold_events`) are delivered from now on. Returns the channel heads so the
 /// client can check it caught up with each.

@@ -80,11 +80,8 @@ async fn login(ctx: RpcContext, req: Login) -> Result<AuthGrant, ApiError> {
     let user = user.ok_or_else(refused)?;
     let now = crate::unix_ms();
     let grant = grant_device(state, user.id, req.device_id, &device_name, noise_key, now).await?;
-    let changed = PushEvent::new(
-        events::DEVICES_CHANGED,
-        serde_json::json!({ "device_id": grant.device_id }),
-    );
-    state.sessions.push_to_user(user.id, &changed, None);
+    let body = serde_json::json!({ "device_id": grant.device_id, "name": device_name });
+    crate::services::inbox::deliver(state, user.id, events::DEVICE_ADDED, body, None).await?;
     Ok(grant)
 }
 
@@ -275,13 +272,15 @@ async fn end_devices(
     state
         .sessions
         .close_devices(&ended, code, message, caller.session_id);
-    let changed = PushEvent::new(
-        events::DEVICES_CHANGED,
-        serde_json::json!({ "ended": ended }),
-    );
-    state
-        .sessions
-        .push_to_user(caller.user_id, &changed, caller.session_id);
+    let body = serde_json::json!({ "device_ids": ended, "revoked": revoke });
+    crate::services::inbox::deliver(
+        state,
+        caller.user_id,
+        events::DEVICE_ENDED,
+        body,
+        caller.session_id,
+    )
+    .await?;
     tracing::info!(user = %caller.user_id, devices = ?ended, revoke, "device logins ended");
     Ok(ended)
 }
