@@ -657,6 +657,70 @@ pub async fn inbox_events_get_contiguous_pts_per_user(storage: Arc<dyn Storage>)
     assert!(matches!(missing, Err(StorageError::NotFound(_))));
 }
 
+pub async fn concurrent_sends_stay_exact_when_some_are_refused(storage: Arc<dyn Storage>) {
+    let (a, b) = (user(&storage, "ann").await, user(&storage, "ben").await);
+    let outsider = user(&storage, "cat").await;
+    let channel = storage
+        .messages()
+        .direct_channel(a, b, 5)
+        .await
+        .unwrap()
+        .0
+        .id;
+    let mut tasks = Vec::new();
+    for i in 0..200u32 {
+        let storage = storage.clone();
+        tasks.push(tokio::spawn(async move {
+            // Every fourth send comes from a non-member; every fifth repeats
+            // an earlier client_msg_id.
+            let sender = if i % 4 == 3 { outsider } else { a };
+            let id = if i % 5 == 4 {
+                format!("m{}", i - 1)
+            } else {
+                format!("m{i}")
+            };
+            let result = storage
+                .messages()
+                .send_message(text(channel, sender, &id, "hi"))
+                .await;
+            (sender, id, result)
+        }));
+    }
+    let mut stored = Vec::new();
+    for task in tasks {
+        let (sender, id, result) = task.await.unwrap();
+        match (sender == outsider, result) {
+            (true, Err(StorageError::NotFound(_))) => {}
+            (false, Ok(SendOutcome::Sent(event))) => stored.push((id, event.pts)),
+            (false, Ok(SendOutcome::Duplicate(original))) => assert_eq!(original.client_msg_id, id),
+            (_, other) => panic!("{id} from {sender}: {other:?}"),
+        }
+    }
+    let mut pts: Vec<u64> = stored.iter().map(|(_, p)| *p).collect();
+    pts.sort_unstable();
+    assert_eq!(
+        pts,
+        (1..=stored.len() as u64).collect::<Vec<_>>(),
+        "no holes, no reuse"
+    );
+    let head = storage
+        .messages()
+        .channel(channel)
+        .await
+        .unwrap()
+        .unwrap()
+        .pts;
+    assert_eq!(
+        head,
+        stored.len() as u64,
+        "refused sends left nothing behind"
+    );
+    let mut ids: Vec<&String> = stored.iter().map(|(id, _)| id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), stored.len(), "each client_msg_id stored once");
+}
+
 /// Generates one `#[tokio::test]` per conformance check. `$open` is an async
 /// expression that yields a fresh `Arc<dyn Storage>` (and may `return` early
 /// to skip when the backend's server is not configured).
@@ -681,6 +745,7 @@ macro_rules! conformance_tests {
             revoked_content_is_erased_everywhere,
             the_conversation_list_orders_pins_and_hides,
             inbox_events_get_contiguous_pts_per_user,
+            concurrent_sends_stay_exact_when_some_are_refused,
         );
     };
     (@each $open:expr; $($check:ident,)*) => {

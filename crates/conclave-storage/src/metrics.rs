@@ -28,6 +28,24 @@ static QUERY_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
     histogram
 });
 
+static SEND_BATCH: LazyLock<prometheus::Histogram> = LazyLock::new(|| {
+    let histogram = prometheus::Histogram::with_opts(
+        HistogramOpts::new(
+            "conclave_db_send_batch_size",
+            "Messages stored per group-commit transaction.",
+        )
+        .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+    )
+    .expect("static histogram definition is valid");
+    let _ = prometheus::register(Box::new(histogram.clone()));
+    histogram
+});
+
+/// Records how many sends one group commit stored.
+pub(crate) fn observe_send_batch(size: usize) {
+    SEND_BATCH.observe(size as f64);
+}
+
 /// Records how long `op` took and whether it failed.
 pub(crate) async fn timed<T, E>(
     backend: &'static str,
@@ -46,4 +64,5 @@ pub(crate) async fn timed<T, E>(
 /// Makes the histogram appear in `/metrics` before the first query.
 pub fn register() {
     LazyLock::force(&QUERY_DURATION);
+    LazyLock::force(&SEND_BATCH);
 }

@@ -1,6 +1,7 @@
 //! The embedded SQLite backend.
 
 mod accounts;
+mod group_commit;
 mod inbox;
 mod messaging;
 
@@ -42,13 +43,30 @@ pub struct SqliteStorage {
     /// SQLite admits one writer at a time. Serializing our own write
     /// transactions here makes them queue in order instead of failing with
     /// SQLITE_BUSY when a deferred transaction upgrades to a write lock.
-    write_lock: tokio::sync::Mutex<()>,
+    write_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
     /// Committed channel events, in commit order (see `MessageStore::commits`).
     commit_tx: tokio::sync::mpsc::Sender<crate::Committed>,
     commit_rx: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<crate::Committed>>>,
     /// Whether someone took the commit stream; until then nothing is sent,
     /// so tools that only migrate or read never fill it up.
-    commit_consumer: std::sync::atomic::AtomicBool,
+    commit_consumer: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Message sends go to the group-commit writer through this queue;
+    /// `None` once closed.
+    sends: std::sync::Mutex<Option<tokio::sync::mpsc::Sender<group_commit::SendRequest>>>,
+    writer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// Hands a committed event to the commit stream's consumer, if there is one.
+/// Called with the writer lock held, so events arrive in commit order.
+async fn publish(
+    commit_tx: &tokio::sync::mpsc::Sender<crate::Committed>,
+    consumer: &std::sync::atomic::AtomicBool,
+    committed: crate::Committed,
+) {
+    if consumer.load(std::sync::atomic::Ordering::SeqCst) {
+        // Fails only if the consumer is gone (shutdown); nothing to do.
+        let _ = commit_tx.send(committed).await;
+    }
 }
 
 /// Committed events buffered for the fan-out consumer. When it falls this
@@ -76,12 +94,26 @@ impl SqliteStorage {
             .await?;
         timed(BACKEND, "migrate", MIGRATOR.run(&pool)).await?;
         let (commit_tx, commit_rx) = tokio::sync::mpsc::channel(COMMIT_STREAM_CAPACITY);
+        let write_lock = std::sync::Arc::new(tokio::sync::Mutex::new(()));
+        let commit_consumer = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (sends, requests) = tokio::sync::mpsc::channel(group_commit::QUEUE_CAPACITY);
+        let writer = tokio::spawn(group_commit::run(
+            group_commit::Writer {
+                pool: pool.clone(),
+                write_lock: write_lock.clone(),
+                commit_tx: commit_tx.clone(),
+                commit_consumer: commit_consumer.clone(),
+            },
+            requests,
+        ));
         Ok(Self {
             pool,
-            write_lock: tokio::sync::Mutex::new(()),
+            write_lock,
             commit_tx,
             commit_rx: std::sync::Mutex::new(Some(commit_rx)),
-            commit_consumer: std::sync::atomic::AtomicBool::new(false),
+            commit_consumer,
+            sends: std::sync::Mutex::new(Some(sends)),
+            writer: std::sync::Mutex::new(Some(writer)),
         })
     }
 
@@ -101,13 +133,7 @@ impl SqliteStorage {
     /// Hands a committed event to the consumer. Called with the writer lock
     /// held, so events arrive in commit order.
     async fn publish(&self, committed: crate::Committed) {
-        if self
-            .commit_consumer
-            .load(std::sync::atomic::Ordering::SeqCst)
-        {
-            // Fails only if the consumer is gone (shutdown); nothing to do.
-            let _ = self.commit_tx.send(committed).await;
-        }
+        publish(&self.commit_tx, &self.commit_consumer, committed).await;
     }
 
     /// Migrations this build knows, for `conclave migrate` to report.
@@ -174,6 +200,12 @@ impl Storage for SqliteStorage {
     }
 
     async fn close(&self) {
+        // Stop taking sends, and let the writer finish the ones it has.
+        drop(self.sends.lock().unwrap_or_else(|e| e.into_inner()).take());
+        let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(writer) = writer {
+            let _ = writer.await;
+        }
         if self.pool.is_closed() {
             return;
         }

@@ -261,3 +261,43 @@ async fn over_tcp_noise_ik() {
 async fn over_quic() {
     scenario(Via::Quic).await;
 }
+
+/// A session is registered before the client learns it is connected, so an
+/// event caused the moment `connect` returns is never missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_caused_right_after_connecting_is_never_missed() {
+    use conclave_client::api::account::UserUpdate;
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let base = format!("http://{}", server.http);
+    let http = HttpClient::new(&base);
+    let (laptop, phone) = devices(&http, "eve").await;
+    let laptop_http = http.clone().with_token(laptop.grant.token.clone());
+    for round in 0..30 {
+        let encoding = if round % 2 == 0 {
+            Encoding::Json
+        } else {
+            Encoding::Binary
+        };
+        let mut session = Connection::connect_ws(&base, &phone.grant.token, encoding)
+            .await
+            .unwrap();
+        let bio = format!("round {round}");
+        laptop_http
+            .call(&UserUpdate {
+                bio: Some(bio.clone()),
+                ..UserUpdate::default()
+            })
+            .await
+            .unwrap();
+        let event = session
+            .next_event_timeout(EVENT_WAIT)
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the event was missed"))
+            .unwrap();
+        assert_eq!(event.name, "user/updated");
+        assert_eq!(event.body["bio"], bio.as_str());
+        session.close().await;
+    }
+}

@@ -24,7 +24,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use crate::api_error::ApiError;
 use crate::listener::PeerAddr;
 use crate::rpc::{self, Caller, RpcContext};
-use crate::sessions::{CloseReason, PushEvent};
+use crate::sessions::{CloseReason, PushEvent, SessionLink};
 use crate::state::AppState;
 use crate::transport::bearer_token;
 use crate::transport::frames::{self, FrameAction};
@@ -82,20 +82,18 @@ pub(crate) async fn upgrade(
         Ok(caller) => caller,
         Err(err) => return err.into_response(),
     };
+    // Register the session before answering the upgrade: once the client
+    // sees the 101 it may cause events (from its other devices) that this
+    // session must not miss. If the upgrade never completes, the callback
+    // is dropped and the session with it.
+    let link = state
+        .sessions
+        .open(caller.user_id, caller.device_id, "websocket", params.hold_events);
     let tasks = state.tasks.clone();
     ws.max_message_size(FRAME_LEN_MAX_BYTES + 16)
         .max_frame_size(FRAME_LEN_MAX_BYTES + 16)
         .read_buffer_size(READ_BUFFER_BYTES)
-        .on_upgrade(move |socket| {
-            tasks.track_future(run(
-                state,
-                caller,
-                peer.ip(),
-                socket,
-                encoding,
-                params.hold_events,
-            ))
-        })
+        .on_upgrade(move |socket| tasks.track_future(run(state, link, caller, peer.ip(), socket, encoding)))
 }
 
 /// A reply from a spawned request, or a frame to send as is.
@@ -106,15 +104,12 @@ enum Reply {
 
 async fn run(
     state: AppState,
+    mut link: SessionLink,
     caller: Caller,
     peer_ip: IpAddr,
     mut socket: WebSocket,
     encoding: Encoding,
-    hold_events: bool,
 ) {
-    let mut link = state
-        .sessions
-        .open(caller.user_id, caller.device_id, "websocket", hold_events);
     let session = link.handle.clone();
     let caller = Caller {
         session_id: Some(session.id),

@@ -12,7 +12,7 @@ use crate::{
     MemberRecord, MessageRecord, MessageStore, NewMessage, ReactionOp, SendOutcome, StorageError,
 };
 
-type Tx<'a> = sqlx::Transaction<'a, sqlx::Sqlite>;
+pub(super) type Tx<'a> = sqlx::Transaction<'a, sqlx::Sqlite>;
 
 const CHANNEL_COLUMNS: &str =
     "c.id, c.kind, c.title, c.pts, c.last_message_pts, c.last_activity_at, c.created_at";
@@ -193,7 +193,10 @@ async fn append_event(
     })
 }
 
-async fn recipients(tx: &mut Tx<'_>, event: &EventRecord) -> Result<Vec<UserId>, sqlx::Error> {
+pub(super) async fn recipients(
+    tx: &mut Tx<'_>,
+    event: &EventRecord,
+) -> Result<Vec<UserId>, sqlx::Error> {
     if event.audience == Audience::Actor {
         return Ok(vec![event.actor_id]);
     }
@@ -216,6 +219,86 @@ async fn is_member(tx: &mut Tx<'_>, channel: ChannelId, user: UserId) -> Result<
             .fetch_optional(&mut **tx)
             .await?;
     Ok(row.is_some())
+}
+
+/// Stores one message and its event in the caller's transaction (without
+/// committing): the unit of work the group-commit writer batches.
+pub(super) async fn insert_message(
+    tx: &mut Tx<'_>,
+    message: &NewMessage<'_>,
+) -> Result<SendOutcome, StorageError> {
+    let existing = sqlx::query(&format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages m \
+             WHERE m.sender_id = ? AND m.sender_device_id = ? AND m.client_msg_id = ?"
+    ))
+    .bind(sql_id(message.sender_id.get()))
+    .bind(sql_id(message.sender_device_id.get()))
+    .bind(message.client_msg_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if let Some(row) = existing {
+        if let Some(found) = message_from(&row)? {
+            return Ok(SendOutcome::Duplicate(found));
+        }
+    }
+    if !is_member(tx, message.channel_id, message.sender_id).await? {
+        return Err(StorageError::NotFound(format!(
+            "no channel {} with this member",
+            message.channel_id
+        )));
+    }
+    if let Some(reply_to) = message.reply_to {
+        let target = load_message(tx, reply_to).await?;
+        if target.is_none_or(|t| t.channel_id != message.channel_id) {
+            return Err(StorageError::Invalid(format!(
+                "reply_to: no message {reply_to} in this channel"
+            )));
+        }
+    }
+    // The message takes the pts its event is about to get.
+    let (next_pts,): (i64,) = sqlx::query_as("SELECT pts + 1 FROM channels WHERE id = ?")
+        .bind(sql_id(message.channel_id.get()))
+        .fetch_one(&mut **tx)
+        .await?;
+    let (id,): (i64,) = sqlx::query_as(
+            "INSERT INTO messages (channel_id, pts, sender_id, sender_device_id, client_msg_id, content, \
+               reply_to, mentions, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(sql_id(message.channel_id.get()))
+        .bind(next_pts)
+        .bind(sql_id(message.sender_id.get()))
+        .bind(sql_id(message.sender_device_id.get()))
+        .bind(message.client_msg_id)
+        .bind(message.content)
+        .bind(message.reply_to.map(|m| sql_id(m.get())))
+        .bind(message.mentions)
+        .bind(message.now_ms)
+        .fetch_one(&mut **tx)
+        .await?;
+    if let Some(text) = message.search_text.filter(|t| !t.is_empty()) {
+        sqlx::query("INSERT INTO messages_fts (rowid, text) VALUES (?, ?)")
+            .bind(id)
+            .bind(text)
+            .execute(&mut **tx)
+            .await?;
+    }
+    let event = append_event(
+        tx,
+        message.channel_id,
+        "message",
+        Some(MessageId::new(id as u64)),
+        message.sender_id,
+        Audience::Members,
+        "{}",
+        message.now_ms,
+    )
+    .await?;
+    debug_assert_eq!(
+        event.pts,
+        pts(next_pts),
+        "a message and its event share the pts"
+    );
+    Ok(SendOutcome::Sent(event))
 }
 
 impl SqliteStorage {
@@ -408,72 +491,19 @@ impl MessageStore for SqliteStorage {
 
     async fn send_message(&self, message: NewMessage<'_>) -> Result<SendOutcome, StorageError> {
         timed(BACKEND, "send_message", async {
-            let _writer = self.write_lock.lock().await;
-            let mut tx = self.pool.begin().await?;
-            let existing = sqlx::query(&format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages m \
-                 WHERE m.sender_id = ? AND m.sender_device_id = ? AND m.client_msg_id = ?"
-            ))
-            .bind(sql_id(message.sender_id.get()))
-            .bind(sql_id(message.sender_device_id.get()))
-            .bind(message.client_msg_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(row) = existing {
-                if let Some(found) = message_from(&row)? {
-                    return Ok(SendOutcome::Duplicate(found));
-                }
-            }
-            if !is_member(&mut tx, message.channel_id, message.sender_id).await? {
-                return Err(StorageError::NotFound(format!("no channel {} with this member", message.channel_id)));
-            }
-            if let Some(reply_to) = message.reply_to {
-                let target = load_message(&mut tx, reply_to).await?;
-                if target.is_none_or(|t| t.channel_id != message.channel_id) {
-                    return Err(StorageError::Invalid(format!("reply_to: no message {reply_to} in this channel")));
-                }
-            }
-            // The message takes the pts its event is about to get.
-            let (next_pts,): (i64,) = sqlx::query_as("SELECT pts + 1 FROM channels WHERE id = ?")
-                .bind(sql_id(message.channel_id.get()))
-                .fetch_one(&mut *tx)
-                .await?;
-            let (id,): (i64,) = sqlx::query_as(
-                "INSERT INTO messages (channel_id, pts, sender_id, sender_device_id, client_msg_id, content, \
-                   reply_to, mentions, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-            )
-            .bind(sql_id(message.channel_id.get()))
-            .bind(next_pts)
-            .bind(sql_id(message.sender_id.get()))
-            .bind(sql_id(message.sender_device_id.get()))
-            .bind(message.client_msg_id)
-            .bind(message.content)
-            .bind(message.reply_to.map(|m| sql_id(m.get())))
-            .bind(message.mentions)
-            .bind(message.now_ms)
-            .fetch_one(&mut *tx)
-            .await?;
-            if let Some(text) = message.search_text.filter(|t| !t.is_empty()) {
-                sqlx::query("INSERT INTO messages_fts (rowid, text) VALUES (?, ?)")
-                    .bind(id)
-                    .bind(text)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            let event = append_event(
-                &mut tx,
-                message.channel_id,
-                "message",
-                Some(MessageId::new(id as u64)),
-                message.sender_id,
-                Audience::Members,
-                "{}",
-                message.now_ms,
-            )
-            .await?;
-            debug_assert_eq!(event.pts, pts(next_pts), "a message and its event share the pts");
-            let event = self.commit_event(tx, event, message.origin_session).await?;
-            Ok(SendOutcome::Sent(event))
+            // Sends are committed in groups by one writer: many messages,
+            // one transaction and one fsync (see `group_commit`).
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let queue = self.sends.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let queue = queue.ok_or(StorageError::Closed)?;
+            queue
+                .send(super::group_commit::SendRequest {
+                    message: super::group_commit::OwnedMessage::from(&message),
+                    reply,
+                })
+                .await
+                .map_err(|_| StorageError::Closed)?;
+            answer.await.map_err(|_| StorageError::Closed)?
         })
         .await
     }
