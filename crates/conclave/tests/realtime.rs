@@ -301,3 +301,62 @@ async fn an_event_caused_right_after_connecting_is_never_missed() {
         session.close().await;
     }
 }
+
+/// A session connected with `hold_events` gets nothing live until it calls
+/// `sync/session_ready`, then everything that was held, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_events_are_released_by_session_ready() {
+    use conclave_client::api::account::UserUpdate;
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let base = format!("http://{}", server.http);
+    let http = HttpClient::new(&base);
+    let (laptop, phone) = devices(&http, "hal").await;
+    let url = format!(
+        "ws://{}/v1/ws?token={}&hold_events=true",
+        server.http, phone.grant.token
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let laptop_http = http.clone().with_token(laptop.grant.token.clone());
+    for bio in ["first", "second"] {
+        laptop_http
+            .call(&UserUpdate {
+                bio: Some(bio.to_owned()),
+                ..UserUpdate::default()
+            })
+            .await
+            .unwrap();
+    }
+    // Nothing arrives while held.
+    let early = tokio::time::timeout(Duration::from_millis(500), socket.next()).await;
+    assert!(
+        early.is_err(),
+        "an event leaked before session_ready: {early:?}"
+    );
+
+    socket
+        .send(Message::Text(
+            r#"{"id":1,"route":"sync/session_ready","body":{}}"#.into(),
+        ))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let message = tokio::time::timeout(EVENT_WAIT, socket.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Message::Text(text) = message {
+            seen.push(serde_json::from_str::<serde_json::Value>(&text).unwrap());
+        }
+    }
+    assert_eq!(seen[0]["id"], 1, "the answer comes first: {seen:?}");
+    assert_eq!(seen[0]["ok"], true);
+    assert_eq!(seen[1]["event"], "user/updated");
+    assert_eq!(seen[1]["body"]["bio"], "first");
+    assert_eq!(seen[2]["body"]["bio"], "second");
+}
