@@ -20,6 +20,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
     pub messaging: MessagingConfig,
+    pub documents: DocumentsConfig,
     pub tls: TlsConfig,
     pub cluster: ClusterConfig,
 }
@@ -34,6 +35,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
             messaging: MessagingConfig::default(),
+            documents: DocumentsConfig::default(),
             tls: TlsConfig::default(),
             cluster: ClusterConfig::default(),
         }
@@ -233,6 +235,36 @@ impl Default for MessagingConfig {
             revoke_window_secs: 120,
             sync_gap_max_events: 50_000,
             text_len_max_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// Collaborative documents (Yjs over y-websocket at `/collab/<name>`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DocumentsConfig {
+    /// Lifetime of a document token (`doc/token`). A client reconnecting
+    /// after it expires must fetch a new one.
+    pub token_ttl_secs: u64,
+    /// Largest WebSocket message a document connection may send (an update,
+    /// a sync step or an awareness update). Larger ones close the
+    /// connection with code 1009.
+    pub update_max_bytes: u32,
+    /// Connections one document may have at once; one more is closed with
+    /// code 1013.
+    pub max_connections_per_document: u32,
+    /// After this many logged updates, a document's log is folded into a
+    /// snapshot.
+    pub compact_every_updates: u32,
+}
+
+impl Default for DocumentsConfig {
+    fn default() -> Self {
+        Self {
+            token_ttl_secs: 60 * 60,
+            update_max_bytes: 8 * 1024 * 1024,
+            max_connections_per_document: 256,
+            compact_every_updates: 1_000,
         }
     }
 }

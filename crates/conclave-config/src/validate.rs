@@ -12,6 +12,12 @@ const SHUTDOWN_DEADLINE_MAX_MS: u64 = 60 * 60 * 1000;
 /// `max_connections` with a handful of nodes.
 const DATABASE_CONNECTIONS_MAX: u32 = 1024;
 
+/// Below this a client's first sync step (a state vector and an awareness
+/// state) may not fit; above it one message can hold a server's memory
+/// hostage.
+const DOCUMENT_MESSAGE_MIN_BYTES: u32 = 1024;
+const DOCUMENT_MESSAGE_MAX_BYTES: u32 = 256 * 1024 * 1024;
+
 /// Returns `(field, reason)` for every rule the configuration breaks.
 pub(crate) fn validate(config: &Config) -> Vec<(String, String)> {
     let mut errors = Vec::new();
@@ -167,6 +173,33 @@ pub(crate) fn validate(config: &Config) -> Vec<(String, String)> {
         fail(
             "messaging.text_len_max_bytes",
             "must be between 1 and 1048576".to_owned(),
+        );
+    }
+
+    let documents = &config.documents;
+    if documents.token_ttl_secs == 0 {
+        fail("documents.token_ttl_secs", "must be at least 1".to_owned());
+    }
+    if !(DOCUMENT_MESSAGE_MIN_BYTES..=DOCUMENT_MESSAGE_MAX_BYTES)
+        .contains(&documents.update_max_bytes)
+    {
+        fail(
+            "documents.update_max_bytes",
+            format!(
+                "must be between {DOCUMENT_MESSAGE_MIN_BYTES} and {DOCUMENT_MESSAGE_MAX_BYTES}"
+            ),
+        );
+    }
+    if documents.max_connections_per_document == 0 {
+        fail(
+            "documents.max_connections_per_document",
+            "must be at least 1".to_owned(),
+        );
+    }
+    if documents.compact_every_updates == 0 {
+        fail(
+            "documents.compact_every_updates",
+            "must be at least 1".to_owned(),
         );
     }
 

@@ -48,7 +48,15 @@ fn the_example_file_is_exactly_the_defaults_and_names_every_field() {
         }
     }
     for section in [
-        "server", "database", "log", "auth", "limits", "tls", "cluster",
+        "server",
+        "database",
+        "log",
+        "auth",
+        "limits",
+        "messaging",
+        "documents",
+        "tls",
+        "cluster",
     ] {
         assert!(
             example.contains_key(section),
@@ -160,7 +168,8 @@ fn semantic_rules_name_their_fields() {
     let file = file_with(
         "[server]\nhttp_port = 9000\nadmin_port = 9000\nmax_connections = 0\n\
          [database]\nurl = \"mysql://x\"\n[cluster]\nbus = \"nats\"\n\
-         [auth]\ntoken_signing_key = \"abc\"\n",
+         [auth]\ntoken_signing_key = \"abc\"\n\
+         [documents]\nupdate_max_bytes = 1\nmax_connections_per_document = 0\n",
     );
     let errors = load(&sources(Some(&file), &[])).unwrap_err().0;
     let find = |field: &str| {
@@ -178,6 +187,8 @@ fn semantic_rules_name_their_fields() {
     assert!(find("database.url").is_some());
     assert!(find("cluster.nats_url").unwrap().contains("required"));
     assert!(find("auth.token_signing_key").is_some());
+    assert!(find("documents.update_max_bytes").is_some());
+    assert!(find("documents.max_connections_per_document").is_some());
 }
 
 #[test]

@@ -81,6 +81,7 @@ error_codes! {
     LimitExceeded => ("limit_exceeded", 403, "A configured cap is reached (for example devices per account)."),
     PayloadTooLarge => ("payload_too_large", 413, "A body, JSON payload or field exceeds its limit."),
     FrameTooLarge => ("frame_too_large", 413, "A binary frame exceeds 16 MiB; the connection is closed."),
+    InvalidUpdate => ("invalid_update", 400, "A collaborative-document message does not decode (framing, Yjs update or awareness); the connection is closed."),
     RateLimited => ("rate_limited", 429, "Too many requests; retry after the indicated delay."),
     Internal => ("internal", 500, "The server failed; details are in its log, never on the wire."),
     Unavailable => ("unavailable", 503, "The server is starting, shutting down or cannot reach its database."),

@@ -126,6 +126,11 @@ define_id!(
     SessionId,
     "session id"
 );
+define_id!(
+    /// A collaborative (Yjs) document.
+    DocumentId,
+    "document id"
+);
 
 #[cfg(test)]
 mod tests {

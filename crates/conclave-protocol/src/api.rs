@@ -9,6 +9,7 @@
 //! JSON inside `RpcRequest`/`RpcResponse`/`Event` frames).
 
 pub mod account;
+pub mod documents;
 pub mod messaging;
 pub mod presence;
 

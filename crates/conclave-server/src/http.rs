@@ -33,6 +33,7 @@ pub(crate) fn router(state: AppState) -> Router {
             post(transport::http_api::call).layer(DefaultBodyLimit::max(JSON_BODY_MAX_BYTES)),
         )
         .route("/v1/ws", get(transport::ws::upgrade))
+        .route("/collab/{name}", get(transport::collab::upgrade))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(

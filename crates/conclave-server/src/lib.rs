@@ -8,6 +8,7 @@
 
 mod admin;
 mod api_error;
+mod collab;
 mod fanout;
 mod http;
 mod listener;
@@ -255,6 +256,24 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
             tokio::select! {
                 () = stop.cancelled() => break,
                 _ = every.tick() => pruned.rate_limits.prune(),
+            }
+        }
+    });
+
+    let swept = state.clone();
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        let mut every = tokio::time::interval(collab::AWARENESS_SWEEP_INTERVAL);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                _ = every.tick() => {
+                    swept.documents.sweep();
+                    swept
+                        .metrics
+                        .documents_open
+                        .set(swept.documents.open_count() as i64);
+                }
             }
         }
     });

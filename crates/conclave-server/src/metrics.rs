@@ -2,7 +2,9 @@
 //! registry (which also carries the `process_*` collector and the storage
 //! layer's database histograms).
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, TextEncoder};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, TextEncoder,
+};
 
 /// Request latency buckets: 100 µs to 10 s.
 const REQUEST_BUCKETS_SECONDS: &[f64] = &[
@@ -19,6 +21,7 @@ pub(crate) struct Metrics {
     pub connections_rejected: IntCounterVec,
     pub requests: IntCounterVec,
     pub request_duration: HistogramVec,
+    pub documents_open: IntGauge,
 }
 
 impl Metrics {
@@ -74,6 +77,12 @@ impl Metrics {
         )
         .expect("valid metric");
 
+        let documents_open = IntGauge::new(
+            "conclave_documents_open",
+            "Collaborative documents loaded in memory (at least one connection each).",
+        )
+        .expect("valid metric");
+
         // Several servers in one process (tests) share the registry: the
         // first registration wins and later ones reuse its series.
         let registry = prometheus::default_registry();
@@ -82,12 +91,14 @@ impl Metrics {
         let _ = registry.register(Box::new(connections_rejected.clone()));
         let _ = registry.register(Box::new(requests.clone()));
         let _ = registry.register(Box::new(request_duration.clone()));
+        let _ = registry.register(Box::new(documents_open.clone()));
         conclave_storage::register_metrics();
         Self {
             connections,
             connections_rejected,
             requests,
             request_duration,
+            documents_open,
         }
     }
 

@@ -1,8 +1,8 @@
-//! Who may do what to a channel. Every messaging handler asks here, so the
-//! rules live in one place.
+//! Who may do what to a channel or a document. Every handler asks here, so
+//! the rules live in one place.
 
 use conclave_core::{ChannelId, ErrorCode, UserId};
-use conclave_storage::{ChannelRecord, MemberRecord, MessageRecord};
+use conclave_storage::{ChannelRecord, DocumentRecord, MemberRecord, MessageRecord};
 
 use crate::api_error::ApiError;
 use crate::state::AppState;
@@ -34,6 +34,36 @@ pub(crate) fn not_member(channel: ChannelId) -> ApiError {
         ErrorCode::NotMember,
         format!("you are not a member of channel {channel}"),
     )
+}
+
+/// A document opens for its owner and for members of its channel, if it
+/// has one.
+pub(crate) async fn may_open_document(
+    state: &AppState,
+    document: &DocumentRecord,
+    user: UserId,
+) -> Result<(), ApiError> {
+    if document.owner_id == user {
+        return Ok(());
+    }
+    if let Some(channel) = document.channel_id {
+        if state
+            .storage
+            .messages()
+            .member(channel, user)
+            .await?
+            .is_some()
+        {
+            return Ok(());
+        }
+    }
+    Err(ApiError::new(
+        ErrorCode::Forbidden,
+        format!(
+            "only the owner and members of its channel may open document `{}`",
+            document.name
+        ),
+    ))
 }
 
 /// A member may send unless muted until a time still ahead.

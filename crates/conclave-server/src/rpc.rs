@@ -68,6 +68,7 @@ impl RouteTable {
         crate::services::messaging::register(&mut table);
         crate::services::presence::register(&mut table);
         crate::services::inbox::register(&mut table);
+        crate::services::documents::register(&mut table);
         table
     }
 

@@ -2,6 +2,7 @@
 //! routes into the table in its `register` function.
 
 pub(crate) mod accounts;
+pub(crate) mod documents;
 pub(crate) mod inbox;
 pub(crate) mod messaging;
 pub(crate) mod presence;

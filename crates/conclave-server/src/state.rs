@@ -8,6 +8,7 @@ use conclave_storage::Storage;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::collab::DocumentRooms;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimits;
 use crate::rpc::RouteTable;
@@ -35,6 +36,8 @@ pub(crate) struct Inner {
     pub routes: RouteTable,
     pub rate_limits: RateLimits,
     pub sessions: Arc<SessionManager>,
+    /// The collaborative documents open now.
+    pub documents: DocumentRooms,
     /// Cancelled when the server starts shutting down.
     pub shutdown: CancellationToken,
     /// Every task the server spawns, so shutdown can wait for them.
@@ -55,8 +58,11 @@ impl AppState {
             config.limits.session_send_queue_frames as usize,
             metrics.connections.clone(),
         );
+        let documents =
+            DocumentRooms::new(&config.documents, config.limits.session_send_queue_frames);
         Self(Arc::new(Inner {
             rate_limits: RateLimits::new(&config.limits),
+            documents,
             routes: RouteTable::new(),
             sessions,
             config,

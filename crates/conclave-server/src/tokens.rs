@@ -6,16 +6,22 @@
 //! epoch against the device row, so kicking a device (epoch + 1) or revoking
 //! it invalidates its tokens at once, before they expire.
 //!
+//! A document token is `cd1.<claims>.<mac>`, built the same way with the
+//! same key: it opens one collaborative document (`/collab/<name>`) for one
+//! user, read-write or read-only, until it expires. The prefix is part of
+//! what is signed, so neither kind of token passes for the other.
+//!
 //! A refresh token is 32 random bytes (base64url). Only its SHA-256 is
 //! stored; each use replaces it.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use conclave_core::{DeviceId, UserId};
+use conclave_core::{DeviceId, DocumentId, UserId};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 const ACCESS_PREFIX: &str = "ca1.";
+const DOCUMENT_PREFIX: &str = "cd1.";
 
 /// A token longer than this is garbage; refusing it early bounds the work an
 /// unauthenticated request can cause.
@@ -43,15 +49,23 @@ pub(crate) enum TokenError {
     Expired,
 }
 
+/// What a document token grants.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct DocumentClaims {
+    #[serde(rename = "d")]
+    pub document_id: DocumentId,
+    #[serde(rename = "u")]
+    pub user_id: UserId,
+    /// Edits from the connection are dropped.
+    #[serde(rename = "r")]
+    pub read_only: bool,
+    /// Expiry, unix milliseconds.
+    #[serde(rename = "x")]
+    pub expires_at_ms: i64,
+}
+
 pub(crate) fn issue_access(key: &[u8], claims: &AccessClaims) -> String {
-    let json = serde_json::to_vec(claims).unwrap_or_default();
-    let mut token = String::with_capacity(ACCESS_PREFIX.len() + json.len() * 2);
-    token.push_str(ACCESS_PREFIX);
-    URL_SAFE_NO_PAD.encode_string(&json, &mut token);
-    let mac = sign(key, token.as_bytes());
-    token.push('.');
-    URL_SAFE_NO_PAD.encode_string(mac, &mut token);
-    token
+    issue(ACCESS_PREFIX, key, claims)
 }
 
 /// Checks the signature and expiry. The caller still has to check the epoch
@@ -61,7 +75,48 @@ pub(crate) fn verify_access(
     token: &str,
     now_secs: i64,
 ) -> Result<AccessClaims, TokenError> {
-    if token.len() > TOKEN_LEN_MAX_BYTES || !token.starts_with(ACCESS_PREFIX) {
+    let claims: AccessClaims = verify(ACCESS_PREFIX, key, token)?;
+    if claims.expires_at_secs <= now_secs {
+        return Err(TokenError::Expired);
+    }
+    Ok(claims)
+}
+
+pub(crate) fn issue_document(key: &[u8], claims: &DocumentClaims) -> String {
+    issue(DOCUMENT_PREFIX, key, claims)
+}
+
+/// Checks the signature and expiry. The caller still has to check that the
+/// document is the one asked for and that the user may still open it.
+pub(crate) fn verify_document(
+    key: &[u8],
+    token: &str,
+    now_ms: i64,
+) -> Result<DocumentClaims, TokenError> {
+    let claims: DocumentClaims = verify(DOCUMENT_PREFIX, key, token)?;
+    if claims.expires_at_ms <= now_ms {
+        return Err(TokenError::Expired);
+    }
+    Ok(claims)
+}
+
+fn issue(prefix: &str, key: &[u8], claims: &impl serde::Serialize) -> String {
+    let json = serde_json::to_vec(claims).unwrap_or_default();
+    let mut token = String::with_capacity(prefix.len() + json.len() * 2);
+    token.push_str(prefix);
+    URL_SAFE_NO_PAD.encode_string(&json, &mut token);
+    let mac = sign(key, token.as_bytes());
+    token.push('.');
+    URL_SAFE_NO_PAD.encode_string(mac, &mut token);
+    token
+}
+
+fn verify<T: serde::de::DeserializeOwned>(
+    prefix: &str,
+    key: &[u8],
+    token: &str,
+) -> Result<T, TokenError> {
+    if token.len() > TOKEN_LEN_MAX_BYTES || !token.starts_with(prefix) {
         return Err(TokenError::Invalid);
     }
     let (signed, mac_b64) = token.rsplit_once('.').ok_or(TokenError::Invalid)?;
@@ -76,17 +131,11 @@ pub(crate) fn verify_access(
     verifier
         .verify_slice(&mac)
         .map_err(|_| TokenError::Invalid)?;
-    let claims_b64 = signed
-        .strip_prefix(ACCESS_PREFIX)
-        .ok_or(TokenError::Invalid)?;
+    let claims_b64 = signed.strip_prefix(prefix).ok_or(TokenError::Invalid)?;
     let json = URL_SAFE_NO_PAD
         .decode(claims_b64)
         .map_err(|_| TokenError::Invalid)?;
-    let claims: AccessClaims = serde_json::from_slice(&json).map_err(|_| TokenError::Invalid)?;
-    if claims.expires_at_secs <= now_secs {
-        return Err(TokenError::Expired);
-    }
-    Ok(claims)
+    serde_json::from_slice(&json).map_err(|_| TokenError::Invalid)
 }
 
 fn sign(key: &[u8], data: &[u8]) -> [u8; 32] {
@@ -166,6 +215,37 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn document_tokens_expire_and_are_not_access_tokens() {
+        let key = [1u8; 32];
+        let granted = DocumentClaims {
+            document_id: DocumentId::new(4),
+            user_id: UserId::new(7),
+            read_only: true,
+            expires_at_ms: 5_000,
+        };
+        let token = issue_document(&key, &granted);
+        assert!(token.starts_with("cd1."));
+        assert_eq!(verify_document(&key, &token, 4_999), Ok(granted));
+        assert_eq!(
+            verify_document(&key, &token, 5_000),
+            Err(TokenError::Expired)
+        );
+        assert_eq!(
+            verify_document(&[2u8; 32], &token, 0),
+            Err(TokenError::Invalid)
+        );
+        assert_eq!(verify_access(&key, &token, 0), Err(TokenError::Invalid));
+        let access = issue_access(&key, &claims(1_000));
+        assert_eq!(verify_document(&key, &access, 0), Err(TokenError::Invalid));
+        let relabelled = format!("cd1.{}", access.strip_prefix("ca1.").unwrap());
+        assert_eq!(
+            verify_document(&key, &relabelled, 0),
+            Err(TokenError::Invalid),
+            "the prefix is signed"
+        );
     }
 
     #[test]

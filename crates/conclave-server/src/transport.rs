@@ -1,6 +1,7 @@
 //! Transports: each turns its own wire into calls on the one route table and
 //! delivers pushed events back. They share the frame handling in `frames`.
 
+pub(crate) mod collab;
 pub(crate) mod framed;
 pub(crate) mod frames;
 pub(crate) mod http_api;

@@ -721,6 +721,163 @@ pub async fn concurrent_sends_stay_exact_when_some_are_refused(storage: Arc<dyn 
     assert_eq!(ids.len(), stored.len(), "each client_msg_id stored once");
 }
 
+pub async fn documents_have_unique_names_and_an_optional_channel(storage: Arc<dyn Storage>) {
+    let (a, b) = (user(&storage, "ann").await, user(&storage, "ben").await);
+    let (channel, _) = storage.messages().direct_channel(a, b, 5).await.unwrap();
+    let documents = storage.documents();
+    let notes = documents
+        .create_document("notes", a, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            notes.name.as_str(),
+            notes.owner_id,
+            notes.channel_id,
+            notes.created_at_ms
+        ),
+        ("notes", a, None, 10)
+    );
+    let shared = documents
+        .create_document("shared", b, Some(channel.id), 11)
+        .await
+        .unwrap();
+    assert_eq!(shared.channel_id, Some(channel.id));
+    assert_ne!(shared.id, notes.id);
+    let taken = documents.create_document("notes", b, None, 12).await;
+    assert!(matches!(taken, Err(StorageError::Conflict(_))), "{taken:?}");
+    assert_eq!(
+        documents.document_by_name("shared").await.unwrap(),
+        Some(shared.clone())
+    );
+    assert_eq!(documents.document(notes.id).await.unwrap(), Some(notes));
+    assert_eq!(
+        documents.document_by_name("Notes").await.unwrap(),
+        None,
+        "names are exact"
+    );
+}
+
+pub async fn document_updates_get_contiguous_seqs_and_load_in_order(storage: Arc<dyn Storage>) {
+    let owner = user(&storage, "ann").await;
+    let documents = storage.documents();
+    let doc = documents
+        .create_document("d", owner, None, 1)
+        .await
+        .unwrap();
+    let other = documents
+        .create_document("e", owner, None, 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        documents.load(doc.id).await.unwrap(),
+        crate::StoredDocument::default()
+    );
+    for i in 1..=3u8 {
+        assert_eq!(
+            documents
+                .append_update(doc.id, &[i, 0, i], 20)
+                .await
+                .unwrap(),
+            u64::from(i)
+        );
+    }
+    assert_eq!(
+        documents.append_update(other.id, &[9], 20).await.unwrap(),
+        1,
+        "each document counts on its own"
+    );
+    let loaded = documents.load(doc.id).await.unwrap();
+    assert_eq!(loaded.snapshot, None);
+    assert_eq!(
+        loaded.updates,
+        vec![(1, vec![1, 0, 1]), (2, vec![2, 0, 2]), (3, vec![3, 0, 3])]
+    );
+    assert_eq!(loaded.head_seq(), 3);
+    let missing = conclave_core::DocumentId::new(999_999);
+    assert!(matches!(
+        documents.append_update(missing, &[1], 1).await,
+        Err(StorageError::NotFound(_))
+    ));
+    assert!(matches!(
+        documents.load(missing).await,
+        Err(StorageError::NotFound(_))
+    ));
+}
+
+pub async fn compaction_replaces_a_prefix_of_the_log(storage: Arc<dyn Storage>) {
+    let owner = user(&storage, "ann").await;
+    let documents = storage.documents();
+    let doc = documents
+        .create_document("d", owner, None, 1)
+        .await
+        .unwrap();
+    for i in 1..=5u8 {
+        documents.append_update(doc.id, &[i], 2).await.unwrap();
+    }
+    assert!(documents.compact(doc.id, b"S3", 3, 3).await.unwrap());
+    let loaded = documents.load(doc.id).await.unwrap();
+    assert_eq!(loaded.snapshot.as_deref(), Some(&b"S3"[..]));
+    assert_eq!(loaded.snapshot_seq, 3);
+    assert_eq!(loaded.updates, vec![(4, vec![4]), (5, vec![5])]);
+
+    assert!(
+        !documents.compact(doc.id, b"S2", 2, 4).await.unwrap(),
+        "an older snapshot never replaces a newer one"
+    );
+    assert!(!documents.compact(doc.id, b"S3'", 3, 4).await.unwrap());
+    assert!(matches!(
+        documents.compact(doc.id, b"S9", 9, 4).await,
+        Err(StorageError::Invalid(_))
+    ));
+    assert_eq!(
+        documents.load(doc.id).await.unwrap(),
+        loaded,
+        "refusals change nothing"
+    );
+
+    assert_eq!(
+        documents.append_update(doc.id, &[6], 5).await.unwrap(),
+        6,
+        "sequence numbers are never reused"
+    );
+    assert!(documents.compact(doc.id, b"S6", 6, 6).await.unwrap());
+    let loaded = documents.load(doc.id).await.unwrap();
+    assert_eq!(loaded.snapshot.as_deref(), Some(&b"S6"[..]));
+    assert!(loaded.updates.is_empty());
+    assert_eq!(loaded.head_seq(), 6);
+}
+
+pub async fn concurrent_document_appends_lose_nothing(storage: Arc<dyn Storage>) {
+    let owner = user(&storage, "ann").await;
+    let doc = storage
+        .documents()
+        .create_document("d", owner, None, 1)
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..16u8 {
+        let storage = storage.clone();
+        tasks.push(tokio::spawn(async move {
+            storage
+                .documents()
+                .append_update(doc.id, &[i], 1)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut seqs = Vec::new();
+    for task in tasks {
+        seqs.push(task.await.unwrap());
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=16).collect::<Vec<u64>>());
+    let loaded = storage.documents().load(doc.id).await.unwrap();
+    let mut bytes: Vec<u8> = loaded.updates.iter().map(|(_, b)| b[0]).collect();
+    bytes.sort_unstable();
+    assert_eq!(bytes, (0..16).collect::<Vec<u8>>());
+}
+
 /// Generates one `#[tokio::test]` per conformance check. `$open` is an async
 /// expression that yields a fresh `Arc<dyn Storage>` (and may `return` early
 /// to skip when the backend's server is not configured).
@@ -746,6 +903,10 @@ macro_rules! conformance_tests {
             the_conversation_list_orders_pins_and_hides,
             inbox_events_get_contiguous_pts_per_user,
             concurrent_sends_stay_exact_when_some_are_refused,
+            documents_have_unique_names_and_an_optional_channel,
+            document_updates_get_contiguous_seqs_and_load_in_order,
+            compaction_replaces_a_prefix_of_the_log,
+            concurrent_document_appends_lose_nothing,
         );
     };
     (@each $open:expr; $($check:ident,)*) => {

@@ -7,6 +7,7 @@
 
 mod accounts;
 pub mod conformance;
+mod documents;
 mod error;
 mod inbox;
 mod messaging;
@@ -19,6 +20,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use accounts::{AccountStore, DeviceLogin, DeviceRecord, NewUser, ProfileUpdate, UserRecord};
+pub use documents::{DocumentRecord, DocumentStore, StoredDocument};
 pub use error::StorageError;
 pub use inbox::{InboxEvent, InboxStore};
 pub use messaging::{
@@ -61,6 +63,8 @@ pub trait Storage: Send + Sync + 'static {
     fn messages(&self) -> &dyn MessageStore;
 
     fn inbox(&self) -> &dyn InboxStore;
+
+    fn documents(&self) -> &dyn DocumentStore;
 }
 
 /// Write-once facts about the installation.

@@ -1,6 +1,7 @@
 //! The embedded SQLite backend.
 
 mod accounts;
+mod documents;
 mod group_commit;
 mod inbox;
 mod messaging;
@@ -233,6 +234,10 @@ impl Storage for SqliteStorage {
     }
 
     fn inbox(&self) -> &dyn crate::InboxStore {
+        self
+    }
+
+    fn documents(&self) -> &dyn crate::DocumentStore {
         self
     }
 }

@@ -86,14 +86,19 @@ pub(crate) async fn upgrade(
     // sees the 101 it may cause events (from its other devices) that this
     // session must not miss. If the upgrade never completes, the callback
     // is dropped and the session with it.
-    let link = state
-        .sessions
-        .open(caller.user_id, caller.device_id, "websocket", params.hold_events);
+    let link = state.sessions.open(
+        caller.user_id,
+        caller.device_id,
+        "websocket",
+        params.hold_events,
+    );
     let tasks = state.tasks.clone();
     ws.max_message_size(FRAME_LEN_MAX_BYTES + 16)
         .max_frame_size(FRAME_LEN_MAX_BYTES + 16)
         .read_buffer_size(READ_BUFFER_BYTES)
-        .on_upgrade(move |socket| tasks.track_future(run(state, link, caller, peer.ip(), socket, encoding)))
+        .on_upgrade(move |socket| {
+            tasks.track_future(run(state, link, caller, peer.ip(), socket, encoding))
+        })
 }
 
 /// A reply from a spawned request, or a frame to send as is.

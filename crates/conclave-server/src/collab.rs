@@ -1,0 +1,507 @@
+//! Live collaborative documents: one [`Room`] per open document, loaded
+//! from storage by its first connection and unloaded (after a final
+//! snapshot) when its last connection leaves.
+//!
+//! Every frame of a document is handled under that document's lock: the
+//! room applies it, the updates it produced are appended to storage, and
+//! only then is anything sent. A peer never sees an update the database
+//! does not hold, so what one client acknowledged survives a crash.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use conclave_config::DocumentsConfig;
+use conclave_core::{DocumentId, ErrorCode};
+use conclave_docs::{Access, ConnectionId, DocError, Effects, Recipients, Room};
+use conclave_storage::{DocumentRecord, Storage};
+use tokio::sync::mpsc;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+/// How long a connection waits for its document's lock. The holder may be
+/// writing to storage, which gives up sooner ([`STORAGE_TIMEOUT`]).
+const ROOM_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Longest one document read or write may take. A write that does not
+/// finish in time fails the room, like any storage error.
+const STORAGE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How often awareness states not renewed for 30 s are dropped (y-protocols
+/// checks every 3 s).
+pub(crate) const AWARENESS_SWEEP_INTERVAL: Duration = Duration::from_secs(3);
+
+/// A document that is unloaded between taking its slot and locking it is
+/// looked up again; more misses than this in a row mean something is wrong.
+const JOIN_ATTEMPTS: usize = 3;
+
+/// The greeting (sync step 1 and the awareness states) must fit in a new
+/// connection's queue whatever `limits.session_send_queue_frames` says.
+const QUEUE_FRAMES_MIN: usize = 4;
+
+/// WebSocket close codes of the document endpoint (RFC 6455, and 44xx as
+/// Hocuspocus uses them).
+pub(crate) mod close {
+    pub(crate) const NORMAL: u16 = 1000;
+    pub(crate) const GOING_AWAY: u16 = 1001;
+    pub(crate) const UNSUPPORTED_DATA: u16 = 1003;
+    pub(crate) const INVALID_PAYLOAD: u16 = 1007;
+    pub(crate) const TOO_BIG: u16 = 1009;
+    pub(crate) const INTERNAL: u16 = 1011;
+    pub(crate) const TRY_AGAIN_LATER: u16 = 1013;
+    pub(crate) const UNAUTHORIZED: u16 = 4401;
+    pub(crate) const FORBIDDEN: u16 = 4403;
+}
+
+/// Why a document connection ends: a WebSocket close code, and the error
+/// code sent as the close reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CloseCause {
+    pub code: u16,
+    pub error: ErrorCode,
+    /// For the log, and for the y-protocols permission-denied message.
+    pub message: String,
+}
+
+impl CloseCause {
+    pub(crate) fn new(code: u16, error: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            error,
+            message: message.into(),
+        }
+    }
+
+    fn storage(detail: impl std::fmt::Display) -> Self {
+        tracing::warn!(error = %detail, "document storage failed");
+        Self::new(
+            close::INTERNAL,
+            ErrorCode::Unavailable,
+            "the document could not be stored; reconnect",
+        )
+    }
+
+    fn invalid(err: &DocError) -> Self {
+        let code = match err {
+            DocError::TooManyAwarenessClients => close::TRY_AGAIN_LATER,
+            _ => close::INVALID_PAYLOAD,
+        };
+        let error = match err {
+            DocError::TooManyAwarenessClients => ErrorCode::LimitExceeded,
+            _ => ErrorCode::InvalidUpdate,
+        };
+        Self::new(code, error, err.to_string())
+    }
+}
+
+/// Closes one connection from outside its task (slow reader, failed room).
+struct Kick {
+    token: CancellationToken,
+    cause: Mutex<Option<CloseCause>>,
+}
+
+impl Kick {
+    fn kick(&self, cause: CloseCause) {
+        lock(&self.cause).get_or_insert(cause);
+        self.token.cancel();
+    }
+}
+
+struct Peer {
+    /// Frames for the connection's writer. Bounded; when full the reader
+    /// is too slow and is disconnected (it resyncs when it reconnects).
+    queue: mpsc::Sender<Bytes>,
+    kick: Arc<Kick>,
+}
+
+impl Peer {
+    fn push(&self, frame: Bytes) {
+        match self.queue.try_send(frame) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => self.kick.kick(CloseCause::new(
+                close::TRY_AGAIN_LATER,
+                ErrorCode::SlowConsumer,
+                "the connection fell behind the document; reconnect",
+            )),
+        }
+    }
+}
+
+struct LiveRoom {
+    document: DocumentId,
+    room: Room,
+    peers: HashMap<ConnectionId, Peer>,
+    /// Sequence of the newest logged update.
+    head_seq: u64,
+    /// Sequence the stored snapshot covers.
+    snapshot_seq: u64,
+}
+
+impl LiveRoom {
+    fn fan_out(&self, sender: ConnectionId, effects: &Effects) {
+        for out in &effects.send {
+            for (id, peer) in &self.peers {
+                let to_this = match out.to {
+                    Recipients::Sender => *id == sender,
+                    Recipients::Others => *id != sender,
+                    Recipients::Everyone => true,
+                };
+                if to_this {
+                    peer.push(out.frame.clone());
+                }
+            }
+        }
+    }
+}
+
+enum Slot {
+    /// Just created: the first connection loads the document.
+    Empty,
+    Live(Box<LiveRoom>),
+    /// Unloaded or failed, and already removed from the registry; whoever
+    /// still holds the slot looks the document up again.
+    Gone,
+}
+
+type SharedSlot = Arc<tokio::sync::Mutex<Slot>>;
+
+/// One connection's place in a room.
+pub(crate) struct DocConnection {
+    pub id: ConnectionId,
+    pub document: DocumentId,
+    slot: SharedSlot,
+    /// Frames to write to the socket, in order.
+    pub outgoing: mpsc::Receiver<Bytes>,
+    kick: Arc<Kick>,
+}
+
+impl DocConnection {
+    /// Resolves when the room closes this connection.
+    pub(crate) fn kicked(&self) -> WaitForCancellationFutureOwned {
+        self.kick.token.clone().cancelled_owned()
+    }
+
+    pub(crate) fn kick_cause(&self) -> Option<CloseCause> {
+        lock(&self.kick.cause).clone()
+    }
+}
+
+/// The open documents of this server.
+pub(crate) struct DocumentRooms {
+    rooms: Mutex<HashMap<DocumentId, SharedSlot>>,
+    next_connection: AtomicU64,
+    /// Awareness times are measured from here: monotonic, so a wall-clock
+    /// jump cannot expire every state at once.
+    started: Instant,
+    queue_frames: usize,
+    max_connections: usize,
+    compact_every: u64,
+}
+
+impl DocumentRooms {
+    pub(crate) fn new(config: &DocumentsConfig, queue_frames: u32) -> Self {
+        Self {
+            rooms: Mutex::new(HashMap::new()),
+            next_connection: AtomicU64::new(1),
+            started: Instant::now(),
+            queue_frames: (queue_frames as usize).max(QUEUE_FRAMES_MIN),
+            max_connections: config.max_connections_per_document as usize,
+            compact_every: u64::from(config.compact_every_updates),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Documents loaded now.
+    pub(crate) fn open_count(&self) -> usize {
+        lock(&self.rooms).len()
+    }
+
+    /// Adds a connection to the document's room (loading the room first if
+    /// needed). Its queue starts with the greeting.
+    pub(crate) async fn join(
+        &self,
+        storage: &dyn Storage,
+        document: &DocumentRecord,
+        access: Access,
+    ) -> Result<DocConnection, CloseCause> {
+        for _ in 0..JOIN_ATTEMPTS {
+            let slot = self.slot(document.id);
+            let mut guard = lock_room(&slot).await?;
+            if matches!(*guard, Slot::Empty) {
+                match self.load(storage, document.id).await {
+                    Ok(live) => *guard = Slot::Live(Box::new(live)),
+                    Err(cause) => {
+                        *guard = Slot::Gone;
+                        self.forget(document.id, &slot);
+                        return Err(cause);
+                    }
+                }
+            }
+            let Slot::Live(live) = &mut *guard else {
+                continue;
+            };
+            if live.peers.len() >= self.max_connections {
+                return Err(CloseCause::new(
+                    close::TRY_AGAIN_LATER,
+                    ErrorCode::LimitExceeded,
+                    format!(
+                        "document `{}` has {} connections, the most it may have",
+                        document.name, self.max_connections
+                    ),
+                ));
+            }
+            let id = ConnectionId(self.next_connection.fetch_add(1, Ordering::Relaxed));
+            let (queue, outgoing) = mpsc::channel(self.queue_frames);
+            let kick = Arc::new(Kick {
+                token: CancellationToken::new(),
+                cause: Mutex::new(None),
+            });
+            live.peers.insert(
+                id,
+                Peer {
+                    queue,
+                    kick: kick.clone(),
+                },
+            );
+            let greeting = live.room.connect(id, access);
+            live.fan_out(id, &greeting);
+            return Ok(DocConnection {
+                id,
+                document: document.id,
+                slot: slot.clone(),
+                outgoing,
+                kick,
+            });
+        }
+        Err(CloseCause::new(
+            close::TRY_AGAIN_LATER,
+            ErrorCode::Unavailable,
+            "the document is being unloaded; reconnect",
+        ))
+    }
+
+    /// Handles one frame: apply, persist, then send. An error closes this
+    /// connection only, unless storage failed: then the whole room is
+    /// dropped, because memory would hold what storage does not.
+    pub(crate) async fn receive(
+        &self,
+        storage: &dyn Storage,
+        conn: &DocConnection,
+        frame: &[u8],
+    ) -> Result<(), CloseCause> {
+        let mut guard = lock_room(&conn.slot).await?;
+        let Slot::Live(live) = &mut *guard else {
+            return Err(room_closed());
+        };
+        let now_ms = self.now_ms();
+        // yrs decodes hostile input; should it panic, the document may be
+        // half-changed, so the room goes (clients resync into a fresh one)
+        // instead of lingering with a dead connection in it.
+        let received = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            live.room.receive(conn.id, frame, now_ms)
+        }));
+        let effects = match received {
+            Ok(effects) => effects,
+            Err(_) => {
+                tracing::error!(document = %conn.document, connection = conn.id.0, "the document panicked on a message; dropping the room");
+                let cause = CloseCause::new(
+                    close::INTERNAL,
+                    ErrorCode::Internal,
+                    "the document failed; reconnect",
+                );
+                fail(live, cause.clone());
+                *guard = Slot::Gone;
+                self.forget(conn.document, &conn.slot);
+                return Err(cause);
+            }
+        };
+        if effects.dropped_read_only > 0 {
+            tracing::debug!(
+                document = %conn.document,
+                connection = conn.id.0,
+                dropped = effects.dropped_read_only,
+                "dropped updates from a read-only connection"
+            );
+        }
+        if let Err(cause) = append(storage, live, &effects.persist).await {
+            // Clients still hold their edits and send them again (sync step
+            // 2) to the fresh room they reconnect to.
+            fail(live, cause.clone());
+            *guard = Slot::Gone;
+            self.forget(conn.document, &conn.slot);
+            return Err(cause);
+        }
+        live.fan_out(conn.id, &effects);
+        if live.head_seq.saturating_sub(live.snapshot_seq) >= self.compact_every {
+            compact(storage, live).await;
+        }
+        match &effects.error {
+            Some(err) => Err(CloseCause::invalid(err)),
+            None => Ok(()),
+        }
+    }
+
+    /// Removes a connection; its awareness states become `null` for the
+    /// others. The last one out snapshots and unloads the document.
+    pub(crate) async fn leave(&self, storage: &dyn Storage, conn: DocConnection) {
+        let mut guard = match lock_room(&conn.slot).await {
+            Ok(guard) => guard,
+            Err(_) => {
+                tracing::error!(document = %conn.document, connection = conn.id.0, "could not leave the document: its room stayed locked");
+                return;
+            }
+        };
+        let Slot::Live(live) = &mut *guard else {
+            return;
+        };
+        live.peers.remove(&conn.id);
+        let effects = live.room.disconnect(conn.id, self.now_ms());
+        live.fan_out(conn.id, &effects);
+        if live.peers.is_empty() {
+            compact(storage, live).await;
+            *guard = Slot::Gone;
+            self.forget(conn.document, &conn.slot);
+            tracing::debug!(document = %conn.document, "document unloaded");
+        }
+    }
+
+    /// Drops awareness states nobody renewed for 30 s, in every room.
+    pub(crate) fn sweep(&self) {
+        let slots: Vec<SharedSlot> = lock(&self.rooms).values().cloned().collect();
+        let now_ms = self.now_ms();
+        for slot in slots {
+            // A room busy with storage is swept next time round; the sweep
+            // must not queue behind it.
+            let Ok(mut guard) = slot.try_lock() else {
+                continue;
+            };
+            if let Slot::Live(live) = &mut *guard {
+                let effects = live.room.sweep(now_ms);
+                live.fan_out(ConnectionId(0), &effects);
+            }
+        }
+    }
+
+    fn slot(&self, document: DocumentId) -> SharedSlot {
+        lock(&self.rooms)
+            .entry(document)
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(Slot::Empty)))
+            .clone()
+    }
+
+    /// Removes the document from the registry if `slot` is still its entry.
+    fn forget(&self, document: DocumentId, slot: &SharedSlot) {
+        let mut rooms = lock(&self.rooms);
+        if rooms.get(&document).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+            rooms.remove(&document);
+        }
+    }
+
+    async fn load(&self, storage: &dyn Storage, id: DocumentId) -> Result<LiveRoom, CloseCause> {
+        let stored = tokio::time::timeout(STORAGE_TIMEOUT, storage.documents().load(id))
+            .await
+            .map_err(|_| CloseCause::storage("loading the document timed out"))?
+            .map_err(CloseCause::storage)?;
+        let room = Room::load(
+            stored.snapshot.as_deref(),
+            stored.updates.iter().map(|(_, bytes)| bytes.as_slice()),
+        )
+        .map_err(|err| {
+            tracing::error!(document = %id, error = %err, "stored document does not load");
+            CloseCause::new(
+                close::INTERNAL,
+                ErrorCode::Internal,
+                "the stored document is unreadable",
+            )
+        })?;
+        tracing::debug!(document = %id, updates = stored.updates.len(), "document loaded");
+        Ok(LiveRoom {
+            document: id,
+            room,
+            peers: HashMap::new(),
+            head_seq: stored.head_seq(),
+            snapshot_seq: stored.snapshot_seq,
+        })
+    }
+}
+
+/// Closes every connection of a room that is being dropped.
+fn fail(live: &LiveRoom, cause: CloseCause) {
+    for peer in live.peers.values() {
+        peer.kick.kick(cause.clone());
+    }
+}
+
+/// Appends updates to the document's log, in order; each is durable when
+/// its call returns.
+async fn append(
+    storage: &dyn Storage,
+    live: &mut LiveRoom,
+    updates: &[Vec<u8>],
+) -> Result<(), CloseCause> {
+    for update in updates {
+        let seq = tokio::time::timeout(
+            STORAGE_TIMEOUT,
+            storage
+                .documents()
+                .append_update(live.document, update, crate::unix_ms()),
+        )
+        .await
+        .map_err(|_| CloseCause::storage("appending an update timed out"))?
+        .map_err(CloseCause::storage)?;
+        live.head_seq = seq;
+    }
+    Ok(())
+}
+
+/// Folds the log into a snapshot. A failure only costs a longer log.
+async fn compact(storage: &dyn Storage, live: &mut LiveRoom) {
+    if live.head_seq <= live.snapshot_seq {
+        return;
+    }
+    let snapshot = live.room.encode_state();
+    let result = tokio::time::timeout(
+        STORAGE_TIMEOUT,
+        storage
+            .documents()
+            .compact(live.document, &snapshot, live.head_seq, crate::unix_ms()),
+    )
+    .await;
+    match result {
+        Ok(Ok(_)) => live.snapshot_seq = live.head_seq,
+        Ok(Err(err)) => {
+            tracing::warn!(document = %live.document, error = %err, "document compaction failed")
+        }
+        Err(_) => tracing::warn!(document = %live.document, "document compaction timed out"),
+    }
+}
+
+async fn lock_room(slot: &SharedSlot) -> Result<tokio::sync::MutexGuard<'_, Slot>, CloseCause> {
+    tokio::time::timeout(ROOM_LOCK_TIMEOUT, slot.lock())
+        .await
+        .map_err(|_| {
+            CloseCause::new(
+                close::TRY_AGAIN_LATER,
+                ErrorCode::Unavailable,
+                "the document is busy; reconnect",
+            )
+        })
+}
+
+fn room_closed() -> CloseCause {
+    CloseCause::new(
+        close::TRY_AGAIN_LATER,
+        ErrorCode::Unavailable,
+        "the document was closed; reconnect",
+    )
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

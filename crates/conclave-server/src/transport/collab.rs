@@ -1,0 +1,258 @@
+//! The collaborative-document WebSocket, `GET /collab/{name}?token=...`:
+//! the y-websocket protocol, as stock Yjs providers speak it.
+//!
+//! The document token (`doc/token`) is checked after the upgrade so that a
+//! refusal is a close code a provider understands (4401 unauthorized, 4403
+//! forbidden, as Hocuspocus uses them), preceded by the y-protocols
+//! permission-denied message. Binary messages go to the document's room
+//! (`crate::collab`); what the room sends back is written in order.
+
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use conclave_core::ErrorCode;
+use conclave_docs::Access;
+
+use crate::collab::{CloseCause, DocConnection, close};
+use crate::permissions::may_open_document;
+use crate::state::AppState;
+use crate::tokens::{self, TokenError};
+use crate::transport::bearer_token;
+
+/// Bytes tungstenite reads per syscall: most messages are small
+/// keystrokes, and idle editors should cost little memory.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+
+/// How long the server waits for the client's answer to its Close frame.
+const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct CollabParams {
+    token: Option<String>,
+}
+
+pub(crate) async fn upgrade(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(params): Query<CollabParams>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let token = params.token.or_else(|| bearer_token(&headers));
+    let max = state.config.documents.update_max_bytes as usize;
+    let tasks = state.tasks.clone();
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .on_upgrade(move |socket| tasks.track_future(run(state, name, token, socket)))
+}
+
+async fn run(state: AppState, name: String, token: Option<String>, mut socket: WebSocket) {
+    let limits = &state.config.limits;
+    let write_timeout = Duration::from_millis(limits.write_timeout_ms);
+    let mut conn = match open(&state, &name, token.as_deref()).await {
+        Ok(conn) => conn,
+        Err(cause) => {
+            tracing::debug!(document = %name, code = cause.code, reason = %cause.message, "document connection refused");
+            goodbye(&mut socket, &cause, write_timeout).await;
+            return;
+        }
+    };
+    tracing::debug!(document = %conn.document, connection = conn.id.0, "document connection open");
+
+    let update_max = state.config.documents.update_max_bytes as usize;
+    let idle_timeout = Duration::from_millis(limits.idle_timeout_ms);
+    let mut heartbeat = tokio::time::interval(Duration::from_millis(limits.heartbeat_interval_ms));
+    heartbeat.reset();
+    let mut last_heard = Instant::now();
+    let kicked = conn.kicked();
+    tokio::pin!(kicked);
+    let shutdown = state.shutdown.clone();
+
+    // `None`: the peer is gone or not reading; there is nobody to tell.
+    let cause: Option<CloseCause> = loop {
+        tokio::select! {
+            biased;
+            Some(frame) = conn.outgoing.recv() => {
+                if !send(&mut socket, Message::Binary(frame), write_timeout).await {
+                    break None;
+                }
+            }
+            () = &mut kicked => break conn.kick_cause(),
+            () = shutdown.cancelled() => {
+                break Some(CloseCause::new(close::GOING_AWAY, ErrorCode::ShuttingDown, "the server is shutting down; reconnect"));
+            }
+            message = socket.recv() => {
+                last_heard = Instant::now();
+                match message {
+                    Some(Ok(Message::Binary(bytes))) => {
+                        if bytes.len() > update_max {
+                            break Some(too_big(update_max));
+                        }
+                        if let Err(cause) = state.documents.receive(&*state.storage, &conn, &bytes).await {
+                            break Some(cause);
+                        }
+                    }
+                    Some(Ok(Message::Text(_))) => {
+                        break Some(CloseCause::new(close::UNSUPPORTED_DATA, ErrorCode::InvalidUpdate, "y-websocket messages are binary"));
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Close(_))) | None => break None,
+                    Some(Err(err)) => break read_failed(err, update_max),
+                }
+            }
+            _ = heartbeat.tick() => {
+                if last_heard.elapsed() >= idle_timeout {
+                    break Some(CloseCause::new(close::NORMAL, ErrorCode::IdleTimeout, "no traffic from the client; closing"));
+                }
+                if !send(&mut socket, Message::Ping(Default::default()), write_timeout).await {
+                    break None;
+                }
+            }
+        }
+    };
+
+    let (document, id) = (conn.document, conn.id);
+    state.documents.leave(&*state.storage, conn).await;
+    if let Some(cause) = &cause {
+        goodbye(&mut socket, cause, write_timeout).await;
+    }
+    tracing::debug!(
+        document = %document,
+        connection = id.0,
+        code = cause.as_ref().map(|c| c.code),
+        reason = cause.as_ref().map(|c| c.message.as_str()),
+        "document connection closed"
+    );
+}
+
+/// Checks the token against the document and the user's current rights,
+/// then joins the document's room.
+async fn open(
+    state: &AppState,
+    name: &str,
+    token: Option<&str>,
+) -> Result<DocConnection, CloseCause> {
+    let unauthorized =
+        |error, message: &str| CloseCause::new(close::UNAUTHORIZED, error, message.to_owned());
+    let forbidden = || {
+        CloseCause::new(
+            close::FORBIDDEN,
+            ErrorCode::Forbidden,
+            format!("this token does not open document `{name}`"),
+        )
+    };
+    let token = token.ok_or_else(|| {
+        unauthorized(
+            ErrorCode::Unauthenticated,
+            "connect with ?token=<a document token from doc/token>",
+        )
+    })?;
+    let claims =
+        tokens::verify_document(state.secrets.token_signing_key(), token, crate::unix_ms())
+            .map_err(|err| match err {
+                TokenError::Expired => unauthorized(
+                    ErrorCode::TokenExpired,
+                    "the document token has expired; get a new one",
+                ),
+                TokenError::Invalid => unauthorized(
+                    ErrorCode::Unauthenticated,
+                    "the document token is not valid",
+                ),
+            })?;
+    let unavailable = |err: conclave_storage::StorageError| {
+        tracing::warn!(error = %err, "looking up a document failed");
+        CloseCause::new(
+            close::INTERNAL,
+            ErrorCode::Unavailable,
+            "the database is unavailable; reconnect",
+        )
+    };
+    let document = state
+        .storage
+        .documents()
+        .document(claims.document_id)
+        .await
+        .map_err(unavailable)?
+        .filter(|document| document.name == name)
+        .ok_or_else(forbidden)?;
+    // The token may be older than a change of membership.
+    may_open_document(state, &document, claims.user_id)
+        .await
+        .map_err(|err| match err.code {
+            ErrorCode::Forbidden => {
+                CloseCause::new(close::FORBIDDEN, ErrorCode::Forbidden, err.message)
+            }
+            _ => CloseCause::new(close::INTERNAL, ErrorCode::Unavailable, "reconnect"),
+        })?;
+    let access = if claims.read_only {
+        Access::ReadOnly
+    } else {
+        Access::ReadWrite
+    };
+    state
+        .documents
+        .join(&*state.storage, &document, access)
+        .await
+}
+
+fn too_big(max: usize) -> CloseCause {
+    CloseCause::new(
+        close::TOO_BIG,
+        ErrorCode::PayloadTooLarge,
+        format!("a message may not exceed {max} bytes"),
+    )
+}
+
+/// A read error is the end of the connection; only an oversized message
+/// is worth explaining.
+fn read_failed(err: axum::Error, max: usize) -> Option<CloseCause> {
+    let inner = err.into_inner();
+    match inner.downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(_)) => Some(too_big(max)),
+        _ => {
+            tracing::debug!(error = %inner, "document connection read failed");
+            None
+        }
+    }
+}
+
+/// Tells the client why it is being closed, then closes.
+async fn goodbye(socket: &mut WebSocket, cause: &CloseCause, write_timeout: Duration) {
+    if matches!(cause.code, close::UNAUTHORIZED | close::FORBIDDEN) {
+        // y-websocket logs this reason; providers that implement auth act
+        // on it.
+        let denied = conclave_docs::message::auth_denied(&cause.message);
+        if !send(socket, Message::Binary(denied.into()), write_timeout).await {
+            return;
+        }
+    }
+    let close = Message::Close(Some(CloseFrame {
+        code: cause.code,
+        reason: Utf8Bytes::from(cause.error.as_str()),
+    }));
+    if !send(socket, close, write_timeout).await {
+        return;
+    }
+    // Let the client answer the Close before the socket drops, so it sees
+    // the code rather than a reset.
+    let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
+        while let Some(Ok(message)) = socket.recv().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Whether the write went through in time.
+async fn send(socket: &mut WebSocket, message: Message, timeout: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(timeout, socket.send(message)).await,
+        Ok(Ok(()))
+    )
+}

@@ -1,0 +1,526 @@
+//! Collaborative documents with real Yjs editors: each client is a Node
+//! process running a stock y-websocket `WebsocketProvider` on yjs
+//! (`tests/node/client.mjs`), connected to the real binary.
+//!
+//! - Two editors typing at once converge to the same text; a late joiner
+//!   receives all of it; each sees the others' awareness state, and a
+//!   state disappears once its client is gone.
+//! - A read-only editor's changes reach neither the other editors nor
+//!   storage (checked after a restart); bad tokens are closed with 4401 and
+//!   tokens for another document with 4403.
+//! - Edits another client has received survive `kill -9` of the server.
+//! - A lone, idle editor stays connected past y-websocket's 30 s silence
+//!   limit, because the server echoes its awareness renewals.
+//!
+//! The Node packages are installed on first use (`npm install` in
+//! `tests/node`). Without node or npm the tests print a notice and pass,
+//! except under CI (`CI=true`), where they fail.
+
+mod support;
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, sync_channel};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use conclave_client::api::documents::DocScope;
+use serde_json::{Value, json};
+use support::collab::CollabEnv;
+
+const NODE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/node");
+
+/// `npm install` of three small packages; generous for a slow mirror.
+const NPM_INSTALL_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a client may take for one step (sync, an edit to arrive, a
+/// peer to appear). Loopback makes these milliseconds; CI machines are busy.
+const STEP_TIMEOUT: Duration = Duration::from_secs(20);
+/// Extra time the test grants a Node client to answer beyond the step's
+/// own timeout (which the client enforces and reports).
+const ANSWER_SLACK: Duration = Duration::from_secs(10);
+/// How long to watch for an edit that must not arrive; relayed edits take
+/// milliseconds on loopback.
+const QUIET_PERIOD: Duration = Duration::from_millis(1_500);
+/// y-websocket 3 closes and reconnects when it hears nothing for this
+/// long (`messageReconnectTimeout`); WebSocket pings do not count.
+const PROVIDER_SILENCE_LIMIT: Duration = Duration::from_secs(30);
+/// Lines a client may print before the test reads them; the client waits
+/// (its stdout pipe fills) rather than lose any.
+const LINE_QUEUE: usize = 1_024;
+
+fn step_ms() -> u64 {
+    STEP_TIMEOUT.as_millis() as u64
+}
+
+// ---------------------------------------------------------------------------
+// Node
+
+/// Whether node and the test's packages are ready; installs the packages
+/// once per run. Without them: a notice and `false`, or a panic under CI.
+fn node_ready() -> bool {
+    static READY: OnceLock<Result<(), String>> = OnceLock::new();
+    match READY.get_or_init(prepare_node) {
+        Ok(()) => true,
+        Err(why) => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "{why}; node and npm are required under CI"
+            );
+            println!("NOTICE: {why}; skipping");
+            false
+        }
+    }
+}
+
+fn prepare_node() -> Result<(), String> {
+    let node = Command::new("node")
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|err| format!("node is not installed ({err})"))?;
+    if !node.status.success() {
+        return Err("node --version failed".to_owned());
+    }
+    let modules = Path::new(NODE_DIR).join("node_modules");
+    if modules.join("y-websocket").is_dir() && modules.join("yjs").is_dir() {
+        return Ok(());
+    }
+    let mut install = Command::new("npm")
+        .args(["install", "--no-audit", "--no-fund"])
+        .current_dir(NODE_DIR)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|err| format!("npm is not installed ({err})"))?;
+    let deadline = Instant::now() + NPM_INSTALL_TIMEOUT;
+    loop {
+        match install.try_wait() {
+            Ok(Some(status)) if status.success() => return Ok(()),
+            Ok(Some(status)) => {
+                let mut stderr = String::new();
+                if let Some(mut pipe) = install.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+                }
+                return Err(format!("npm install failed ({status}): {stderr}"));
+            }
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = install.kill();
+                let _ = install.wait();
+                return Err(format!(
+                    "npm install took longer than {NPM_INSTALL_TIMEOUT:?}"
+                ));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(100)),
+            Err(err) => return Err(format!("waiting for npm install: {err}")),
+        }
+    }
+}
+
+/// One editor: a Node process with a Y.Doc and a WebsocketProvider.
+struct Editor {
+    name: String,
+    child: Child,
+    stdin: ChildStdin,
+    lines: Receiver<Value>,
+    /// Lines without an id (status, synced, close), for failure messages.
+    events: Vec<Value>,
+    stderr: Arc<Mutex<Vec<String>>>,
+    next_id: u64,
+}
+
+impl Editor {
+    /// Starts an editor for document `room` as `user` (its awareness name).
+    fn spawn(user: &str, collab_url: &str, room: &str, token: &str) -> Editor {
+        let options = json!({"url": collab_url, "room": room, "token": token, "user": user});
+        let mut child = Command::new("node")
+            .arg("client.mjs")
+            .arg(options.to_string())
+            .current_dir(NODE_DIR)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn node");
+        let stdin = child.stdin.take().expect("piped stdin");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr_pipe = child.stderr.take().expect("piped stderr");
+        let (tx, lines) = sync_channel(LINE_QUEUE);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let value = serde_json::from_str(&line).unwrap_or(Value::String(line));
+                if tx.send(value).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr_pipe).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Editor {
+            name: user.to_owned(),
+            child,
+            stdin,
+            lines,
+            events: Vec::new(),
+            stderr,
+            next_id: 1,
+        }
+    }
+
+    /// Sends a command without waiting for its answer.
+    fn send(&mut self, cmd: &str, args: Value) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut request = args;
+        request["id"] = json!(id);
+        request["cmd"] = json!(cmd);
+        writeln!(self.stdin, "{request}").unwrap_or_else(|err| {
+            panic!("{}: writing {cmd}: {err}{}", self.name, self.diagnosis())
+        });
+        id
+    }
+
+    /// Waits for the answer to command `id`; a failed command fails the
+    /// test with the client's explanation.
+    fn answer(&mut self, id: u64) -> Value {
+        let deadline = Instant::now() + STEP_TIMEOUT + ANSWER_SLACK;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line["id"] == json!(id) => {
+                    assert!(
+                        line["ok"] == json!(true),
+                        "{}: {}{}",
+                        self.name,
+                        line["error"].as_str().unwrap_or("failed"),
+                        self.diagnosis()
+                    );
+                    return line;
+                }
+                Ok(line) => self.events.push(line),
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!(
+                        "{}: no answer to command {id}{}",
+                        self.name,
+                        self.diagnosis()
+                    )
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("{}: the client exited{}", self.name, self.diagnosis())
+                }
+            }
+        }
+    }
+
+    fn call(&mut self, cmd: &str, args: Value) -> Value {
+        let id = self.send(cmd, args);
+        self.answer(id)
+    }
+
+    fn wait_synced(&mut self) -> String {
+        text_of(&self.call("wait_synced", json!({"timeout_ms": step_ms()})))
+    }
+
+    fn text(&mut self) -> String {
+        text_of(&self.call("text", json!({})))
+    }
+
+    /// Appends `chunk` at the end (or inserts it at `index`).
+    fn insert(&mut self, index: Option<u32>, chunk: &str) {
+        self.call("insert", json!({"index": index, "chunk": chunk}));
+    }
+
+    fn wait_text_containing(&mut self, parts: &[String]) -> String {
+        text_of(&self.call(
+            "wait_text",
+            json!({"contains": parts, "timeout_ms": step_ms()}),
+        ))
+    }
+
+    fn wait_peer(&mut self, name: &str, present: bool) {
+        self.call(
+            "wait_peer",
+            json!({"name": name, "present": present, "timeout_ms": step_ms()}),
+        );
+    }
+
+    /// The first close the provider saw: `(code, reason)`.
+    fn wait_close(&mut self) -> (u64, String) {
+        let close = self.call("wait_close", json!({"timeout_ms": step_ms()}));
+        (
+            close["code"].as_u64().unwrap_or_default(),
+            close["reason"].as_str().unwrap_or_default().to_owned(),
+        )
+    }
+
+    /// How many times the provider's connection has closed.
+    fn closes(&mut self) -> u64 {
+        self.call("closes", json!({}))["count"]
+            .as_u64()
+            .unwrap_or_default()
+    }
+
+    /// SIGKILL: the client vanishes without a goodbye, as a closed laptop.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn diagnosis(&self) -> String {
+        format!(
+            "\nevents: {:?}\nstderr:\n{}",
+            self.events,
+            self.stderr.lock().unwrap().join("\n")
+        )
+    }
+}
+
+impl Drop for Editor {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn text_of(answer: &Value) -> String {
+    answer["text"]
+        .as_str()
+        .expect("an answer with the text")
+        .to_owned()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+/// The chunks `burst` inserts: `prefix0;` ... `prefix{count-1};`.
+fn chunks(prefix: &str, count: usize) -> Vec<String> {
+    (0..count).map(|i| format!("{prefix}{i};")).collect()
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios
+
+#[test]
+fn concurrent_editors_converge_and_see_each_other() {
+    if !node_ready() {
+        return;
+    }
+    let rt = runtime();
+    let env = CollabEnv::start("");
+    let (alice, bob, carol) = rt.block_on(async {
+        (
+            env.register("alice").await,
+            env.register("bob").await,
+            env.register("carol").await,
+        )
+    });
+    let channel = rt.block_on(env.direct(&alice, &bob));
+    rt.block_on(env.create_doc(&alice, "pad", Some(channel)));
+    let alice_token = rt.block_on(env.token(&alice, "pad", DocScope::ReadWrite));
+    let bob_token = rt.block_on(env.token(&bob, "pad", DocScope::ReadWrite));
+
+    let mut a = Editor::spawn("alice", &env.collab_url(), "pad", &alice_token);
+    let mut b = Editor::spawn("bob", &env.collab_url(), "pad", &bob_token);
+    assert_eq!(a.wait_synced(), "");
+    assert_eq!(b.wait_synced(), "");
+
+    // Both type at once, one at the end and one at the start, so their
+    // edits interleave in flight.
+    let count = 40;
+    let from_a = a.send(
+        "burst",
+        json!({"prefix": "a", "count": count, "at_start": false}),
+    );
+    let from_b = b.send(
+        "burst",
+        json!({"prefix": "b", "count": count, "at_start": true}),
+    );
+    a.answer(from_a);
+    b.answer(from_b);
+    let mut all = chunks("a", count);
+    all.extend(chunks("b", count));
+    let text_a = a.wait_text_containing(&all);
+    let text_b = b.wait_text_containing(&all);
+    assert_eq!(text_a, text_b, "the editors converge");
+    assert_eq!(
+        text_a.len(),
+        all.iter().map(String::len).sum::<usize>(),
+        "nothing lost, nothing doubled"
+    );
+
+    a.wait_peer("bob", true);
+    b.wait_peer("alice", true);
+
+    // A late joiner gets the whole document and everyone's awareness. It
+    // is alice's second device: the document is not carol's to open.
+    let late_token = rt.block_on(env.token(&alice, "pad", DocScope::ReadWrite));
+    let mut late = Editor::spawn("alice-phone", &env.collab_url(), "pad", &late_token);
+    assert_eq!(late.wait_synced(), text_a);
+    late.wait_peer("alice", true);
+    late.wait_peer("bob", true);
+    a.wait_peer("alice-phone", true);
+
+    // Bob's process dies without a word: the server clears his state.
+    b.kill();
+    a.wait_peer("bob", false);
+    late.wait_peer("bob", false);
+    assert_eq!(a.text(), text_a);
+
+    let refused = rt.block_on(async {
+        env.as_user(&carol)
+            .call(&conclave_client::api::documents::DocToken {
+                name: "pad".to_owned(),
+                scope: DocScope::ReadOnly,
+            })
+            .await
+    });
+    assert_eq!(
+        refused.unwrap_err().code(),
+        Some("forbidden"),
+        "carol is neither the owner nor in the channel"
+    );
+}
+
+#[test]
+fn read_only_edits_reach_nobody_and_bad_tokens_are_refused() {
+    if !node_ready() {
+        return;
+    }
+    let rt = runtime();
+    let mut env = CollabEnv::start("");
+    let (alice, bob) =
+        rt.block_on(async { (env.register("alice").await, env.register("bob").await) });
+    let channel = rt.block_on(env.direct(&alice, &bob));
+    rt.block_on(env.create_doc(&alice, "board", Some(channel)));
+    rt.block_on(env.create_doc(&alice, "other", None));
+    let writer_token = rt.block_on(env.token(&alice, "board", DocScope::ReadWrite));
+    let viewer_token = rt.block_on(env.token(&bob, "board", DocScope::ReadOnly));
+
+    let mut writer = Editor::spawn("alice", &env.collab_url(), "board", &writer_token);
+    writer.wait_synced();
+    writer.insert(None, "base;");
+    let mut viewer = Editor::spawn("bob", &env.collab_url(), "board", &viewer_token);
+    viewer.wait_text_containing(&["base;".to_owned()]);
+
+    viewer.insert(Some(0), "VANDAL;");
+    writer.insert(None, "after;");
+    let seen = viewer.wait_text_containing(&["after;".to_owned()]);
+    assert!(
+        seen.contains("VANDAL;"),
+        "the viewer keeps its local edit: {seen}"
+    );
+    std::thread::sleep(QUIET_PERIOD);
+    assert_eq!(
+        writer.text(),
+        "base;after;",
+        "the viewer's edit never arrives"
+    );
+    writer.wait_peer("bob", true);
+    viewer.wait_peer("alice", true);
+
+    let fresh_token = rt.block_on(env.token(&alice, "board", DocScope::ReadWrite));
+    let mut fresh = Editor::spawn("alice-2", &env.collab_url(), "board", &fresh_token);
+    assert_eq!(
+        fresh.wait_synced(),
+        "base;after;",
+        "nor is it in the server's copy"
+    );
+
+    // Nor in storage: a restarted server has only what it stored.
+    viewer.kill();
+    writer.kill();
+    fresh.kill();
+    let status = env.server.stop();
+    assert!(status.success(), "clean shutdown: {status:?}");
+    env.restart();
+    let mut reloaded = Editor::spawn("alice-3", &env.collab_url(), "board", &fresh_token);
+    assert_eq!(reloaded.wait_synced(), "base;after;");
+
+    // Tokens: garbage is unauthorized, another document's is forbidden.
+    let mut mallory = Editor::spawn("mallory", &env.collab_url(), "board", "cd1.e30.AAAA");
+    assert_eq!(mallory.wait_close(), (4401, "unauthenticated".to_owned()));
+    let mut astray = Editor::spawn("alice-4", &env.collab_url(), "other", &writer_token);
+    assert_eq!(astray.wait_close(), (4403, "forbidden".to_owned()));
+    assert_eq!(astray.text(), "", "a refused editor learns nothing");
+}
+
+#[test]
+fn acknowledged_edits_survive_kill_9() {
+    if !node_ready() {
+        return;
+    }
+    let rt = runtime();
+    let mut env = CollabEnv::start("");
+    let alice = rt.block_on(env.register("alice"));
+    rt.block_on(env.create_doc(&alice, "crash", None));
+    let token = rt.block_on(env.token(&alice, "crash", DocScope::ReadWrite));
+
+    let mut a = Editor::spawn("alice", &env.collab_url(), "crash", &token);
+    let mut b = Editor::spawn("alice-2", &env.collab_url(), "crash", &token);
+    a.wait_synced();
+    b.wait_synced();
+    let count = 60;
+    let from_a = a.send(
+        "burst",
+        json!({"prefix": "x", "count": count, "at_start": false}),
+    );
+    let from_b = b.send(
+        "burst",
+        json!({"prefix": "y", "count": count, "at_start": true}),
+    );
+    a.answer(from_a);
+    b.answer(from_b);
+    let mut all = chunks("x", count);
+    all.extend(chunks("y", count));
+    // Each side has received the other's edits: the server relayed them,
+    // which it does only after storing them.
+    let acknowledged = a.wait_text_containing(&all);
+    assert_eq!(b.wait_text_containing(&all), acknowledged);
+
+    env.server.signal("KILL");
+    env.server.wait_exit(Duration::from_secs(10));
+    // The editors would resend everything on reconnect; they must not help.
+    a.kill();
+    b.kill();
+
+    env.restart();
+    let mut after = Editor::spawn("alice-3", &env.collab_url(), "crash", &token);
+    assert_eq!(
+        after.wait_synced(),
+        acknowledged,
+        "every acknowledged edit survived"
+    );
+}
+
+#[test]
+fn an_idle_editor_stays_connected() {
+    if !node_ready() {
+        return;
+    }
+    let rt = runtime();
+    let env = CollabEnv::start("");
+    let alice = rt.block_on(env.register("alice"));
+    rt.block_on(env.create_doc(&alice, "quiet", None));
+    let token = rt.block_on(env.token(&alice, "quiet", DocScope::ReadWrite));
+    let mut editor = Editor::spawn("alice", &env.collab_url(), "quiet", &token);
+    editor.wait_synced();
+    editor.insert(None, "still here");
+    std::thread::sleep(PROVIDER_SILENCE_LIMIT + Duration::from_secs(6));
+    assert_eq!(
+        editor.closes(),
+        0,
+        "the provider heard its own awareness renewal (every 15 s) back in time"
+    );
+    assert_eq!(editor.text(), "still here");
+}
