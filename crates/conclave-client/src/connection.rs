@@ -1,7 +1,7 @@
 //! One realtime session: concurrent calls and pushed events over a socket
 //! owned by a background task.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -90,6 +90,12 @@ impl Event {
 /// constants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectOptions {
+    /// The local address to connect from (WebSocket and TCP+Noise; QUIC
+    /// ignores it), with a port the system picks; `None` (the default) lets the system choose
+    /// both. A load generator spreads its connections over several source
+    /// addresses (e.g. across 127.0.0.0/8) because each address has only
+    /// the ephemeral port range (about 28 000 ports) to connect from.
+    pub local_addr: Option<IpAddr>,
     /// See [`CONNECT_TIMEOUT`].
     pub connect_timeout: Duration,
     /// See [`REQUEST_TIMEOUT`].
@@ -107,6 +113,7 @@ impl Default for ConnectOptions {
             request_timeout: REQUEST_TIMEOUT,
             keepalive_interval: KEEPALIVE_INTERVAL,
             silence_timeout: SILENCE_TIMEOUT,
+            local_addr: None,
         }
     }
 }
@@ -171,7 +178,14 @@ impl Connection {
         encoding: Encoding,
         options: ConnectOptions,
     ) -> Result<Self, ClientError> {
-        let socket = ws::connect(base_url, token, encoding, options.connect_timeout).await?;
+        let socket = ws::connect(
+            base_url,
+            token,
+            encoding,
+            options.connect_timeout,
+            options.local_addr,
+        )
+        .await?;
         Ok(match encoding {
             Encoding::Json => Self::start(JsonWire::new(socket), encoding, options),
             Encoding::Binary => Self::start(Framed::new(WsFrames::new(socket)), encoding, options),
@@ -202,7 +216,8 @@ impl Connection {
         Self::connect_tcp_with(addr, options, ConnectOptions::default()).await
     }
 
-    /// [`Connection::connect_tcp`] with other timings.
+    /// [`Connection::connect_tcp`] with other timings (and, optionally, a
+    /// local address to connect from).
     ///
     /// # Errors
     ///
@@ -212,10 +227,12 @@ impl Connection {
         options: NoiseOptions,
         timings: ConnectOptions,
     ) -> Result<(Self, AckPayload), ClientError> {
-        let (frames, ack) =
-            tokio::time::timeout(timings.connect_timeout, noise::connect(addr, &options))
-                .await
-                .map_err(|_| ClientError::Timeout("the TCP+Noise handshake"))??;
+        let (frames, ack) = tokio::time::timeout(
+            timings.connect_timeout,
+            noise::connect(addr, &options, timings.local_addr),
+        )
+        .await
+        .map_err(|_| ClientError::Timeout("the TCP+Noise handshake"))??;
         let connection = Self::start(Framed::new(frames), Encoding::Binary, timings);
         Ok((connection, ack))
     }

@@ -507,3 +507,26 @@ async fn server_shutdown_says_goodbye_and_closes_sessions() {
         .await
         .expect("the server stops");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_may_come_from_a_chosen_local_address() {
+    let server = TestServer::start().await;
+    let grant = server
+        .http()
+        .register("from_elsewhere", PASSWORD, Some("laptop"))
+        .await
+        .expect("register");
+    for (i, encoding) in ENCODINGS.into_iter().enumerate() {
+        let options = ConnectOptions {
+            local_addr: Some([127, 0, 0, 2 + i as u8].into()),
+            ..ConnectOptions::default()
+        };
+        let conn = Connection::connect_ws_with(&server.base_url, &grant.token, encoding, options)
+            .await
+            .unwrap_or_else(|err| panic!("{encoding:?} from a chosen address: {err}"));
+        let me = conn.call(&UserDetail::default()).await.expect("detail");
+        assert_eq!(me.user_id, grant.user_id);
+        conn.close().await;
+    }
+    server.stop().await;
+}

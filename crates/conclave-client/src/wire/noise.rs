@@ -2,7 +2,7 @@
 //! handshake, the wait for the server's `Ack`, and the encrypted frame
 //! transport under [`super::framed::Framed`].
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use bytes::{Buf as _, Bytes, BytesMut};
 use conclave_core::DeviceId;
@@ -10,7 +10,6 @@ use conclave_protocol::api::{AckPayload, GoawayPayload};
 use conclave_protocol::{Decoded, Frame, FrameType, decode_frame, parse_json_payload};
 use conclave_tunnel::{InitiatorHandshake, Keypair, Opener, Pattern, Sealer, TunnelError};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::framed::FrameTransport;
@@ -60,15 +59,11 @@ pub struct NoiseOptions {
 pub(crate) async fn connect(
     addr: SocketAddr,
     options: &NoiseOptions,
+    local_addr: Option<IpAddr>,
 ) -> Result<(NoiseFrames, AckPayload), ClientError> {
-    let stream = TcpStream::connect(addr)
+    let stream = super::tcp_connect(addr, local_addr)
         .await
         .map_err(|err| ClientError::Transport(format!("connecting to {addr}: {err}")))?;
-    // Small request/response frames: Nagle's algorithm would only add
-    // latency to every call.
-    stream
-        .set_nodelay(true)
-        .map_err(|err| ClientError::Transport(format!("configuring the socket: {err}")))?;
     let (read, mut write) = stream.into_split();
 
     let (mut initiator, hello) = InitiatorHandshake::start(

@@ -1,6 +1,7 @@
 //! The WebSocket under both encodings: connecting, reading data messages,
 //! keepalive and the closing handshake.
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,12 +29,13 @@ pub(crate) type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// buffered.
 const MESSAGE_MAX_BYTES: usize = DECODER_BUFFER_MAX_BYTES;
 
-/// Opens and authenticates the WebSocket.
+/// Opens and authenticates the WebSocket, from `local_addr` when given.
 pub(crate) async fn connect(
     base_url: &str,
     token: &str,
     encoding: Encoding,
     connect_timeout: Duration,
+    local_addr: Option<IpAddr>,
 ) -> Result<WsStream, ClientError> {
     let url = ws_url(base_url, encoding)?;
     let mut request = url
@@ -47,23 +49,71 @@ pub(crate) async fn connect(
     let config = WebSocketConfig::default()
         .max_message_size(Some(MESSAGE_MAX_BYTES))
         .max_frame_size(Some(MESSAGE_MAX_BYTES));
-    // Small request/response messages: Nagle's algorithm would only add
-    // latency to every call.
-    let disable_nagle = true;
-    let connecting =
-        tokio_tungstenite::connect_async_with_config(request, Some(config), disable_nagle);
+    let connecting = async {
+        let Some(local) = local_addr else {
+            // Small request/response messages: Nagle's algorithm would only
+            // add latency to every call.
+            let disable_nagle = true;
+            return Ok(tokio_tungstenite::connect_async_with_config(
+                request,
+                Some(config),
+                disable_nagle,
+            )
+            .await);
+        };
+        // The same handshake over a socket we bound ourselves (no TLS: this
+        // build of the SDK speaks `ws` only, as `connect_async` does).
+        let addr = resolve(&url).await?;
+        let stream = super::tcp_connect(addr, Some(local)).await.map_err(|err| {
+            ClientError::Transport(format!("connecting to {addr} from {local}: {err}"))
+        })?;
+        Ok(tokio_tungstenite::client_async_with_config(
+            request,
+            MaybeTlsStream::Plain(stream),
+            Some(config),
+        )
+        .await)
+    };
     match tokio::time::timeout(connect_timeout, connecting).await {
         Err(_) => Err(ClientError::Timeout("the WebSocket to open")),
-        Ok(Ok((socket, _response))) => Ok(socket),
+        Ok(Err(err)) => Err(err),
+        Ok(Ok(Ok((socket, _response)))) => Ok(socket),
         // Refused before the upgrade: the body is the server's JSON error.
-        Ok(Err(tungstenite::Error::Http(response))) => Err(envelope::http_error(
+        Ok(Ok(Err(tungstenite::Error::Http(response)))) => Err(envelope::http_error(
             response.status().as_u16(),
             response.body().as_deref().unwrap_or_default(),
         )),
-        Ok(Err(err)) => Err(ClientError::Transport(format!(
+        Ok(Ok(Err(err))) => Err(ClientError::Transport(format!(
             "opening the WebSocket to `{url}`: {err}"
         ))),
     }
+}
+
+/// The socket address of a `ws://host[:port]/...` URL (the first one the
+/// host resolves to).
+async fn resolve(url: &str) -> Result<SocketAddr, ClientError> {
+    let unsupported = || {
+        ClientError::Transport(format!(
+            "cannot connect to `{url}` from a chosen local address (only ws:// URLs are supported)"
+        ))
+    };
+    let rest = url.strip_prefix("ws://").ok_or_else(unsupported)?;
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    // A port after the host (not inside an IPv6 literal's brackets).
+    let has_port = authority
+        .rsplit_once(':')
+        .is_some_and(|(_, port)| !port.contains(']'));
+    let target = if has_port {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    };
+    let mut addrs = tokio::net::lookup_host(target.as_str())
+        .await
+        .map_err(|err| ClientError::Transport(format!("resolving `{authority}`: {err}")))?;
+    addrs
+        .next()
+        .ok_or_else(|| ClientError::Transport(format!("`{authority}` resolves to no address")))
 }
 
 /// `{base}/v1/ws?encoding=..` with the scheme made a WebSocket one.

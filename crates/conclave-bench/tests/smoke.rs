@@ -1,0 +1,236 @@
+//! Every scenario at a tiny size against a real server started in process:
+//! no loss, and numbers that make sense. Also writes a report (JSON and
+//! charts) the way the binary does.
+
+use std::time::Duration;
+
+use conclave_bench::scenarios::catchup::{self, CatchupOptions};
+use conclave_bench::scenarios::connections::{self, ConnectionsOptions};
+use conclave_bench::scenarios::direct::{self, DirectOptions};
+use conclave_bench::{Outcome, Progress, Report, Target, Transport};
+use conclave_config::Config;
+use conclave_server::ServerHandle;
+
+/// How long the server may take to stop at the end.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The whole smoke run, bounded so a hang fails instead of stalling CI.
+const SMOKE_TIMEOUT: Duration = Duration::from_secs(120);
+
+struct TestServer {
+    handle: ServerHandle,
+    target: Target,
+    _data_dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    async fn start() -> Self {
+        let data_dir = tempfile::tempdir().expect("a temporary directory");
+        let mut config = Config {
+            data_dir: data_dir.path().join("data"),
+            ..Config::default()
+        };
+        config.server.bind = [127, 0, 0, 1].into();
+        config.server.http_port = 0;
+        config.server.admin_port = 0;
+        config.server.grpc_port = 0;
+        config.server.tcp_port = 0;
+        config.server.quic_port = 0;
+        config.auth.password_hash_memory_kib = 64;
+        config.auth.password_hash_iterations = 1;
+        config.auth.max_devices_per_user = 100;
+        config.limits.requests_per_ip_per_sec = 1_000_000;
+        config.limits.requests_per_ip_burst = 1_000_000;
+        config.limits.requests_per_user_per_sec = 1_000_000;
+        config.limits.requests_per_user_burst = 1_000_000;
+        let handle = conclave_server::start(config)
+            .await
+            .expect("the server starts");
+        let target = Target::connect(
+            &format!("http://{}", handle.http_addr),
+            Some(handle.tcp_addr),
+            Some(format!("http://{}", handle.admin_addr)),
+            None,
+        )
+        .await
+        .expect("the server answers /v1/server-info");
+        Self {
+            handle,
+            target,
+            _data_dir: data_dir,
+        }
+    }
+
+    async fn stop(self) {
+        self.handle.shutdown();
+        tokio::time::timeout(STOP_TIMEOUT, self.handle.stopped())
+            .await
+            .expect("the server stops");
+    }
+}
+
+fn assert_passed(outcome: &impl Outcome) {
+    let failures = outcome.failures();
+    assert!(failures.is_empty(), "{}: {failures:#?}", outcome.scenario());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_runs_small_without_loss() {
+    tokio::time::timeout(SMOKE_TIMEOUT, smoke())
+        .await
+        .expect("the smoke run finishes in time");
+}
+
+async fn smoke() {
+    let server = TestServer::start().await;
+    let target = &server.target;
+    let quiet = Progress::hidden();
+    let out_dir = tempfile::tempdir().expect("a temporary directory");
+
+    // 20 idle connections, half over a chosen source address.
+    let idle = connections::run(
+        target,
+        &ConnectionsOptions {
+            count: 20,
+            transport: Transport::Ws,
+            users: 2,
+            devices_per_user: 3,
+            hold_secs: 1,
+            connect_concurrency: 8,
+            source_ips: 2,
+            settle_secs: 0,
+            keepalive_secs: 20,
+        },
+        &quiet,
+    )
+    .await
+    .expect("connections runs");
+    assert_passed(&idle);
+    assert_eq!(idle.opened, 20);
+    assert_eq!(idle.source_ips, ["127.0.0.2", "127.0.0.3"]);
+    assert!(idle.connect_latency.count == 20 && idle.connect_latency.max_ms > 0.0);
+    assert!(
+        idle.server_open
+            .open_connections
+            .is_some_and(|open| open >= 20),
+        "{:?}",
+        idle.server_open
+    );
+    assert!(idle.server_rss_per_connection_bytes.is_some());
+
+    // The same over TCP+Noise.
+    let idle_tcp = connections::run(
+        target,
+        &ConnectionsOptions {
+            count: 6,
+            transport: Transport::Tcp,
+            users: 1,
+            devices_per_user: 2,
+            hold_secs: 0,
+            connect_concurrency: 4,
+            source_ips: 1,
+            settle_secs: 0,
+            keepalive_secs: 20,
+        },
+        &quiet,
+    )
+    .await
+    .expect("connections over tcp runs");
+    assert_passed(&idle_tcp);
+    assert_eq!(idle_tcp.opened, 6);
+
+    // 2 pairs x 1 s at 160 msg/s over WebSocket, then as fast as it goes
+    // over TCP. The texts are long enough that the 80 messages of a
+    // channel do not fit in one sync/get_difference response: verification
+    // must page around the server's 256 KiB limit.
+    let paced = DirectOptions {
+        pairs: 2,
+        rate: Some(160.0),
+        max: false,
+        duration_secs: 1,
+        transport: Transport::Ws,
+        window: 4,
+        text_bytes: 4000,
+        drain_secs: 5,
+    };
+    let direct_ws = direct::run(target, &paced, &quiet)
+        .await
+        .expect("direct runs");
+    assert_passed(&direct_ws);
+    assert_eq!(direct_ws.sent, 160);
+    assert_eq!(direct_ws.acked, 160);
+    assert_eq!(direct_ws.delivered, 160);
+    assert_eq!(direct_ws.persisted, 160);
+    assert!(direct_ws.oversized_pages > 0, "{direct_ws:?}");
+    let delivery = direct_ws.delivery_latency;
+    assert_eq!(delivery.count, 160);
+    assert!(
+        delivery.p50_ms > 0.0 && delivery.p50_ms <= delivery.max_ms,
+        "{delivery:?}"
+    );
+    assert!(direct_ws.delivered_per_sec > 10.0, "{direct_ws:?}");
+    assert_eq!(direct_ws.timelines.delivered.total(), 160);
+
+    let flat_out = DirectOptions {
+        max: true,
+        rate: None,
+        transport: Transport::Tcp,
+        text_bytes: 16,
+        ..paced
+    };
+    let direct_tcp = direct::run(target, &flat_out, &quiet)
+        .await
+        .expect("direct --max runs");
+    assert_passed(&direct_tcp);
+    assert!(direct_tcp.acked > 0);
+    assert_eq!(direct_tcp.delivered, direct_tcp.acked);
+    assert_eq!(direct_tcp.persisted, direct_tcp.acked);
+
+    // The report is written as the binary writes it.
+    let out = out_dir.path().join("direct.json");
+    let mut report = Report::new(serde_json::json!({"pairs": 2}), target.facts(), &direct_ws);
+    report.write(&out, None).expect("the report is written");
+    assert!(report.passed);
+    assert_eq!(report.charts.len(), 2);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).expect("the JSON file"))
+            .expect("valid JSON");
+    assert_eq!(json["results"]["acked"], 160);
+    assert_eq!(json["server"]["name"], "conclave");
+    assert!(json["machine"]["nproc"].as_u64().is_some_and(|n| n >= 1));
+    for chart in &report.charts {
+        let svg = std::fs::read_to_string(chart).expect("the chart");
+        assert!(svg.starts_with("<svg") && svg.contains("</svg>"));
+    }
+    assert!(report.render().contains("PASSED"));
+
+    // 5 devices x 50 messages.
+    let catch = catchup::run(
+        target,
+        &CatchupOptions {
+            devices: 5,
+            events: 50,
+            devices_per_user: 3,
+            page_size: 7,
+            transport: Transport::Ws,
+            connect_concurrency: 5,
+            writers: 4,
+            source_ips: 0,
+            request_timeout_secs: 30,
+            timeout_secs: 30,
+        },
+        &quiet,
+    )
+    .await
+    .expect("catchup runs");
+    assert_passed(&catch);
+    assert_eq!(catch.devices_current, 5);
+    assert_eq!(catch.users, 2);
+    assert_eq!(catch.channels, 1);
+    // Every device fetched all 50 messages of the one channel, in pages.
+    assert_eq!(catch.events_fetched, 5 * 50);
+    assert!(catch.difference_calls >= 5 * (50 / 7), "{catch:?}");
+    assert!(catch.all_current_secs.is_some_and(|s| s > 0.0));
+
+    server.stop().await;
+}
