@@ -360,3 +360,74 @@ async fn held_events_are_released_by_session_ready() {
     assert_eq!(seen[1]["body"]["bio"], "first");
     assert_eq!(seen[2]["body"]["bio"], "second");
 }
+
+/// Pages of sync and history are bounded by size as well as count: large
+/// messages give smaller pages (with `has_more`), never an oversized answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_messages_page_by_size_instead_of_failing() {
+    use conclave_client::api::messaging::{GetDifference, HistoryGet};
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let base = format!("http://{}", server.http);
+    let http = HttpClient::new(&base);
+    let (alice, _) = devices(&http, "ada").await;
+    let (bob, _) = devices(&http, "bea").await;
+    let alice_http = http.clone().with_token(alice.grant.token.clone());
+    let channel = alice_http
+        .call(&DirectGetOrCreate {
+            user_id: bob.grant.user_id,
+        })
+        .await
+        .unwrap()
+        .channel_id;
+    let big = "x".repeat(8 * 1024);
+    for i in 0..100 {
+        alice_http
+            .call(&MessageSend {
+                channel_id: channel,
+                client_msg_id: format!("big-{i}"),
+                content: Content::Text { text: big.clone() },
+                reply_to: None,
+                mentions: None,
+            })
+            .await
+            .unwrap();
+    }
+    let bob_http = http.clone().with_token(bob.grant.token.clone());
+    let (mut last, mut pages, mut seen) = (0, 0, Vec::new());
+    loop {
+        let page = bob_http
+            .call(&GetDifference {
+                channel_id: channel,
+                last_pts: last,
+                limit: Some(1000),
+            })
+            .await
+            .expect("a page, not payload_too_large");
+        pages += 1;
+        seen.extend(page.events.iter().map(|e| e.pts));
+        last = page.events.last().map_or(last, |e| e.pts);
+        if !page.has_more {
+            break;
+        }
+    }
+    assert!(pages > 1, "800 KiB of events cannot fit one page");
+    assert_eq!(seen, (1..=100).collect::<Vec<u64>>());
+
+    let history = bob_http
+        .call(&HistoryGet {
+            channel_id: channel,
+            before_pts: None,
+            limit: Some(200),
+        })
+        .await
+        .expect("a history page, not payload_too_large");
+    assert!(history.has_more);
+    assert!(!history.messages.is_empty() && history.messages.len() < 100);
+    assert_eq!(
+        history.messages.last().unwrap().pts,
+        100,
+        "the page ends at the newest"
+    );
+}

@@ -326,13 +326,13 @@ async fn history_get(ctx: RpcContext, req: HistoryGet) -> Result<HistoryPage, Ap
             limit + 1,
         )
         .await?;
-    let has_more = rows.len() > limit as usize;
+    let mut has_more = rows.len() > limit as usize;
     rows.truncate(limit as usize);
-    rows.reverse();
-    Ok(HistoryPage {
-        messages: rows.iter().map(message_view).collect(),
-        has_more,
-    })
+    // Newest first into the budget, so a cut page still ends at the newest.
+    let mut messages = within_budget(rows.iter().map(message_view));
+    has_more |= messages.len() < rows.len();
+    messages.reverse();
+    Ok(HistoryPage { messages, has_more })
 }
 
 async fn history_around(ctx: RpcContext, req: HistoryAround) -> Result<HistoryWindow, ApiError> {
@@ -625,9 +625,10 @@ async fn get_difference(ctx: RpcContext, req: GetDifference) -> Result<Differenc
         .messages()
         .events_after(req.channel_id, from, limit)
         .await?;
+    let events = within_budget(events.iter().map(channel_event));
     let has_more = events.last().is_some_and(|e| e.pts < head);
     Ok(Difference {
-        events: events.iter().map(channel_event).collect(),
+        events,
         current_pts: head,
         has_more,
     })
@@ -696,6 +697,27 @@ async fn visible_message(
                 format!("no message {id} in this channel"),
             )
         })
+}
+
+/// Encoded bytes one page of events or messages may take: well under the
+/// 256 KiB JSON payload limit, leaving room for the envelope.
+const PAGE_BUDGET_BYTES: usize = 192 * 1024;
+
+/// Takes items in order while their JSON fits [`PAGE_BUDGET_BYTES`] (the
+/// first one always, so a page is never empty); the caller reports the rest
+/// through `has_more`.
+fn within_budget<T: serde::Serialize>(items: impl Iterator<Item = T>) -> Vec<T> {
+    let mut used = 0;
+    let mut page = Vec::new();
+    for item in items {
+        let size = serde_json::to_vec(&item).map_or(0, |bytes| bytes.len());
+        if !page.is_empty() && used + size > PAGE_BUDGET_BYTES {
+            break;
+        }
+        used += size;
+        page.push(item);
+    }
+    page
 }
 
 fn page(requested: Option<u32>, default: u32, max: u32) -> u32 {
