@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use api_error::ApiError;
-pub use shutdown::wait_for_signal;
+pub use shutdown::ShutdownSignals;
 
 use crate::listener::CountingListener;
 use crate::metrics::Metrics;
@@ -294,11 +294,16 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
 
 /// Runs the server until SIGINT/SIGTERM, then shuts down gracefully.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // Before anything is bound or logged: a signal must never find the
+    // process without its handlers.
+    let signals = ShutdownSignals::install().context("listening for SIGINT/SIGTERM")?;
     let handle = start(config).await?;
     let trigger = handle.shutdown.clone();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        trigger.cancel();
+    handle.tasks.spawn(async move {
+        tokio::select! {
+            () = signals.recv() => trigger.cancel(),
+            () = trigger.cancelled() => {}
+        }
     });
     handle.stopped().await;
     Ok(())

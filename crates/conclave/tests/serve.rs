@@ -518,3 +518,15 @@ async fn sigterm_while_messages_flow_keeps_every_acknowledged_message() {
         assert_eq!(event.body["client_msg_id"], id.as_str());
     }
 }
+
+/// Signal handlers are in place before the server announces itself, so a
+/// SIGTERM the moment it says "listening" still shuts it down cleanly.
+#[test]
+fn sigterm_right_after_startup_is_graceful() {
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..5 {
+        let mut server = Server::start(dir.path(), &["--data-dir", "d"]);
+        let status = server.stop();
+        assert!(status.success(), "round {round}: {status:?}");
+    }
+}
