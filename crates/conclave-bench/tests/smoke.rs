@@ -161,7 +161,9 @@ async fn smoke() {
     assert_eq!(direct_ws.acked, 160);
     assert_eq!(direct_ws.delivered, 160);
     assert_eq!(direct_ws.persisted, 160);
-    assert!(direct_ws.oversized_pages > 0, "{direct_ws:?}");
+    // 4 KB texts overflow a count-sized page; the server pages by size
+    // instead of refusing, so the harness never has to shrink its pages.
+    assert_eq!(direct_ws.oversized_pages, 0, "{direct_ws:?}");
     let delivery = direct_ws.delivery_latency;
     assert_eq!(delivery.count, 160);
     assert!(
