@@ -8,6 +8,21 @@
 //! also defines the envelopes around them (binary frames carry the same
 //! JSON inside `RpcRequest`/`RpcResponse`/`Event` frames).
 
+/// Binds a request type to its route name, access rule and response type.
+/// Authenticated unless an access rule is given.
+macro_rules! route {
+    ($request:ty, $name:literal, $response:ty) => {
+        route!($request, $name, Authenticated, $response);
+    };
+    ($request:ty, $name:literal, $access:ident, $response:ty) => {
+        impl $crate::api::Route for $request {
+            const NAME: &'static str = $name;
+            const ACCESS: $crate::api::Access = $crate::api::Access::$access;
+            type Response = $response;
+        }
+    };
+}
+
 pub mod account;
 pub mod documents;
 pub mod messaging;

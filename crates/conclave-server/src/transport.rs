@@ -23,3 +23,15 @@ pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<String> {
         .then(|| token.trim().to_owned())
         .filter(|t| !t.is_empty())
 }
+
+/// Records the device as seen (presence's last-seen time).
+pub(crate) async fn touch(state: &crate::state::AppState, caller: crate::rpc::Caller) {
+    if let Err(err) = state
+        .storage
+        .accounts()
+        .touch_device(caller.device_id, crate::unix_ms())
+        .await
+    {
+        tracing::debug!(error = %err, "could not record the device as seen");
+    }
+}

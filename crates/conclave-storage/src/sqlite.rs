@@ -57,6 +57,12 @@ pub struct SqliteStorage {
     writer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
+/// A 64-bit id as SQLite stores it. Ids come from `INTEGER PRIMARY KEY`, so
+/// they fit in i64; a larger one was never issued and matches nothing.
+pub(super) fn sql_id(raw: u64) -> i64 {
+    i64::try_from(raw).unwrap_or(-1)
+}
+
 /// Hands a committed event to the commit stream's consumer, if there is one.
 /// Called with the writer lock held, so events arrive in commit order.
 async fn publish(

@@ -3,17 +3,7 @@
 use conclave_core::{DeviceId, UserId};
 use serde::{Deserialize, Serialize};
 
-use super::{Access, Empty, Route};
-
-macro_rules! route {
-    ($request:ty, $name:literal, $access:ident, $response:ty) => {
-        impl Route for $request {
-            const NAME: &'static str = $name;
-            const ACCESS: Access = Access::$access;
-            type Response = $response;
-        }
-    };
-}
+use super::Empty;
 
 /// Tokens handed out by register, login and refresh.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,18 +4,6 @@
 use conclave_core::{ChannelId, DocumentId};
 use serde::{Deserialize, Serialize};
 
-use super::{Access, Route};
-
-macro_rules! route {
-    ($request:ty, $name:literal, $response:ty) => {
-        impl Route for $request {
-            const NAME: &'static str = $name;
-            const ACCESS: Access = Access::Authenticated;
-            type Response = $response;
-        }
-    };
-}
-
 /// Longest document name, in bytes.
 pub const DOCUMENT_NAME_MAX_BYTES: usize = 128;
 

@@ -3,17 +3,7 @@
 use conclave_core::{ChannelId, UserId};
 use serde::{Deserialize, Serialize};
 
-use super::{Access, Empty, Route};
-
-macro_rules! route {
-    ($request:ty, $name:literal, $response:ty) => {
-        impl Route for $request {
-            const NAME: &'static str = $name;
-            const ACCESS: Access = Access::Authenticated;
-            type Response = $response;
-        }
-    };
-}
+use super::Empty;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PresenceStatus {

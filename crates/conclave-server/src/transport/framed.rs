@@ -49,7 +49,7 @@ pub(crate) async fn run<W: FrameWire>(
 ) {
     let mut link = link;
     let session = link.handle.clone();
-    crate::transport::ws::touch(&state, caller).await;
+    crate::transport::touch(&state, caller).await;
     let transport = session.transport;
     let limits = &state.config.limits;
     let in_flight = limits.session_requests_in_flight as usize;
@@ -169,7 +169,7 @@ pub(crate) async fn run<W: FrameWire>(
         tracing::debug!(session = session.id, transport, code = %reason.code, "session closed");
     }
     wire.finish().await;
-    crate::transport::ws::touch(&state, caller).await;
+    crate::transport::touch(&state, caller).await;
     drop(link);
 }
 

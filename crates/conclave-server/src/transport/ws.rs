@@ -122,7 +122,7 @@ async fn run(
     };
     tracing::debug!(session = session.id, user = %caller.user_id, device = %caller.device_id, "websocket session open");
 
-    touch(&state, caller).await;
+    crate::transport::touch(&state, caller).await;
     let limits = &state.config.limits;
     let in_flight = limits.session_requests_in_flight as usize;
     // Each in-flight request holds a permit until its reply is queued, and the
@@ -202,7 +202,7 @@ async fn run(
     };
 
     say_goodbye(&mut socket, encoding, &reason, write_timeout).await;
-    touch(&state, caller).await;
+    crate::transport::touch(&state, caller).await;
     tracing::debug!(session = session.id, code = %reason.code, "websocket session closed");
     drop(link);
 }
@@ -439,18 +439,6 @@ async fn say_goodbye(
         }
     })
     .await;
-}
-
-/// Records the device as seen (presence's last-seen time).
-pub(crate) async fn touch(state: &AppState, caller: Caller) {
-    if let Err(err) = state
-        .storage
-        .accounts()
-        .touch_device(caller.device_id, crate::unix_ms())
-        .await
-    {
-        tracing::debug!(error = %err, "could not record the device as seen");
-    }
 }
 
 /// How a write went.

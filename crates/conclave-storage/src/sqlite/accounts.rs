@@ -3,6 +3,7 @@
 use async_trait::async_trait;
 use conclave_core::{DeviceId, UserId};
 
+use super::sql_id as id;
 use super::{BACKEND, SqliteStorage};
 use crate::metrics::timed;
 use crate::{
@@ -74,12 +75,6 @@ impl From<DeviceRow> for DeviceRecord {
 
 fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
-}
-
-fn id(raw: u64) -> i64 {
-    // Ids come from SQLite's INTEGER PRIMARY KEY, so they fit in i64; a
-    // larger one was never issued and matches nothing.
-    i64::try_from(raw).unwrap_or(-1)
 }
 
 #[async_trait]

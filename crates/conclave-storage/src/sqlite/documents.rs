@@ -3,6 +3,7 @@
 use async_trait::async_trait;
 use conclave_core::{ChannelId, DocumentId, UserId};
 
+use super::sql_id;
 use super::{BACKEND, SqliteStorage};
 use crate::metrics::timed;
 use crate::{DocumentRecord, DocumentStore, StorageError, StoredDocument};
@@ -10,10 +11,6 @@ use crate::{DocumentRecord, DocumentStore, StorageError, StoredDocument};
 const DOCUMENT_COLUMNS: &str = "id, name, owner_id, channel_id, created_at";
 
 type DocumentRow = (i64, String, i64, Option<i64>, i64);
-
-fn sql_id(raw: u64) -> i64 {
-    i64::try_from(raw).unwrap_or(-1)
-}
 
 fn sql_seq(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)

@@ -3,13 +3,10 @@
 use async_trait::async_trait;
 use conclave_core::UserId;
 
+use super::sql_id;
 use super::{BACKEND, SqliteStorage};
 use crate::metrics::timed;
 use crate::{InboxEvent, InboxStore, StorageError};
-
-fn sql_id(raw: u64) -> i64 {
-    i64::try_from(raw).unwrap_or(-1)
-}
 
 #[async_trait]
 impl InboxStore for SqliteStorage {

@@ -5,6 +5,7 @@ use conclave_core::{ChannelId, DeviceId, MessageId, UserId};
 use sqlx::Row as _;
 use sqlx::sqlite::SqliteRow;
 
+use super::sql_id;
 use super::{BACKEND, SqliteStorage};
 use crate::metrics::timed;
 use crate::{
@@ -25,10 +26,6 @@ const MESSAGE_COLUMNS: &str = "m.id AS msg_id, m.channel_id AS msg_channel_id, m
      m.client_msg_id AS msg_client_msg_id, m.content AS msg_content, m.reply_to AS msg_reply_to, \
      m.mentions AS msg_mentions, m.created_at AS msg_created_at, m.revoked_at AS msg_revoked_at, \
      m.revoked_by AS msg_revoked_by, m.pinned AS msg_pinned";
-
-fn sql_id(raw: u64) -> i64 {
-    i64::try_from(raw).unwrap_or(-1)
-}
 
 fn pts(raw: i64) -> u64 {
     u64::try_from(raw).unwrap_or(0)
