@@ -227,6 +227,13 @@ pub struct MessagingConfig {
     pub sync_gap_max_events: u64,
     /// Longest text message, in bytes.
     pub text_len_max_bytes: u32,
+    /// Most members a group may have: the cap of a new group, and the
+    /// highest cap its owner or admins may set.
+    pub group_member_cap_max: u32,
+    /// How long share cards and group invitation codes stay valid when the
+    /// issuer does not say (seconds); the longest they may be asked for is
+    /// 30 days.
+    pub invite_code_ttl_secs: u64,
 }
 
 impl Default for MessagingConfig {
@@ -235,6 +242,8 @@ impl Default for MessagingConfig {
             revoke_window_secs: 120,
             sync_gap_max_events: 50_000,
             text_len_max_bytes: 16 * 1024,
+            group_member_cap_max: 2_000,
+            invite_code_ttl_secs: 7 * 24 * 3600,
         }
     }
 }

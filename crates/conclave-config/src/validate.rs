@@ -175,6 +175,18 @@ pub(crate) fn validate(config: &Config) -> Vec<(String, String)> {
             "must be between 1 and 1048576".to_owned(),
         );
     }
+    if !(2..=1_000_000).contains(&messaging.group_member_cap_max) {
+        fail(
+            "messaging.group_member_cap_max",
+            "must be between 2 and 1000000".to_owned(),
+        );
+    }
+    if !(60..=30 * 24 * 3600).contains(&messaging.invite_code_ttl_secs) {
+        fail(
+            "messaging.invite_code_ttl_secs",
+            "must be between 60 and 2592000 (30 days)".to_owned(),
+        );
+    }
 
     let documents = &config.documents;
     if documents.token_ttl_secs == 0 {

@@ -131,6 +131,16 @@ define_id!(
     DocumentId,
     "document id"
 );
+define_id!(
+    /// A group: its settings and roles around one group channel.
+    GroupId,
+    "group id"
+);
+define_id!(
+    /// A pending request: a friend request or a request to join a group.
+    RequestId,
+    "request id"
+);
 
 #[cfg(test)]
 mod tests {

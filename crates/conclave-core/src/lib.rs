@@ -9,4 +9,4 @@ pub mod ids;
 pub mod limits;
 
 pub use error_code::ErrorCode;
-pub use ids::{ChannelId, DeviceId, DocumentId, MessageId, SessionId, UserId};
+pub use ids::{ChannelId, DeviceId, DocumentId, GroupId, MessageId, RequestId, SessionId, UserId};

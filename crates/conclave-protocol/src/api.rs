@@ -24,7 +24,9 @@ macro_rules! route {
 }
 
 pub mod account;
+pub mod contacts;
 pub mod documents;
+pub mod groups;
 pub mod messaging;
 pub mod presence;
 
@@ -183,4 +185,31 @@ pub mod events {
     pub const PRESENCE_CHANGED: &str = "presence/changed";
     /// Someone in a channel started or stopped typing (not stored).
     pub const TYPING: &str = "typing";
+
+    /// Inbox entries about friends (delivered to both users).
+    pub const FRIEND_REQUEST: &str = "friend/request";
+    pub const FRIEND_ACCEPTED: &str = "friend/accepted";
+    pub const FRIEND_REJECTED: &str = "friend/rejected";
+    pub const FRIEND_RECALLED: &str = "friend/recalled";
+    pub const FRIEND_REMOVED: &str = "friend/removed";
+    pub const FRIEND_ALIAS: &str = "friend/alias";
+    /// Inbox entries about the blacklist (the blocker's own devices).
+    pub const BLACKLIST_ADDED: &str = "blacklist/added";
+    pub const BLACKLIST_REMOVED: &str = "blacklist/removed";
+    /// Inbox entry: the user's privacy settings changed.
+    pub const PRIVACY_UPDATED: &str = "privacy/updated";
+    /// Inbox entry: the user is now a member of a group.
+    pub const GROUP_JOINED: &str = "group/joined";
+    /// Inbox entry: the user is no longer a member (left, kicked, dissolved).
+    pub const GROUP_REMOVED: &str = "group/removed";
+    /// Inbox entry: the user was invited and waits for an admin's approval.
+    pub const GROUP_INVITED: &str = "group/invited";
+    /// Inbox entry: a join request waits for this admin's decision.
+    pub const GROUP_APPROVAL: &str = "group/approval";
+    /// Inbox entry: the user's join request was declined.
+    pub const GROUP_DECLINED: &str = "group/declined";
+    /// Inbox entry: the user's role in a group changed.
+    pub const GROUP_ROLE_CHANGED: &str = "group/role_changed";
+    /// Inbox entry: the user was muted or unmuted in a group.
+    pub const GROUP_MEMBER_MUTED: &str = "group/member_muted";
 }

@@ -1,8 +1,18 @@
-//! Who may do what to a channel or a document. Every handler asks here, so
-//! the rules live in one place.
+//! Who may do what: to a channel, a document, a group or another user.
+//! Every handler asks here, so the rules live in one place.
+//!
+//! The rules are pure functions of facts read beforehand (roles,
+//! relations, privacy settings); group rules are one table,
+//! [`GROUP_RULES`]. Storage re-checks the memberships a group decision was
+//! based on inside the transaction that applies it.
 
 use conclave_core::{ChannelId, ErrorCode, UserId};
-use conclave_storage::{ChannelRecord, DocumentRecord, MemberRecord, MessageRecord};
+use conclave_protocol::api::account::{Audience, Privacy};
+use conclave_protocol::api::groups::{InvitePolicy, Role};
+use conclave_storage::{
+    ChannelKind, ChannelRecord, DocumentRecord, GroupRecord, MemberRecord, MessageRecord,
+    PrivacyRecord, Relation,
+};
 
 use crate::api_error::ApiError;
 use crate::state::AppState;
@@ -66,6 +76,55 @@ pub(crate) async fn may_open_document(
     ))
 }
 
+/// The relation of `a` to `b` and `b`'s privacy settings (fail closed).
+pub(crate) async fn relation_and_privacy(
+    state: &AppState,
+    a: UserId,
+    b: UserId,
+) -> Result<(Relation, Privacy), ApiError> {
+    let social = state.storage.social();
+    let relation = social.relation(a, b).await?;
+    let privacy = privacy_from(social.privacy(b).await?.as_ref());
+    Ok((relation, privacy))
+}
+
+/// May this member write to the channel now (send, forward, react, pin)?
+/// Their own mute; in a group, the group's rules; in a direct channel, the
+/// blacklist and the peer's privacy.
+pub(crate) async fn may_write(
+    state: &AppState,
+    channel: &ChannelRecord,
+    member: &MemberRecord,
+    now_ms: i64,
+) -> Result<(), ApiError> {
+    may_send(member, now_ms)?;
+    match channel.kind {
+        ChannelKind::Group => {
+            let group = state
+                .storage
+                .groups()
+                .group_by_channel(channel.id)
+                .await?
+                .ok_or_else(|| not_member(channel.id))?;
+            group_rule(
+                GroupAction::Send,
+                Standing::Member(role_of(member)),
+                None,
+                &group,
+            )
+        }
+        ChannelKind::Direct => {
+            let members = state.storage.messages().members(channel.id).await?;
+            let Some(peer) = members.iter().find(|m| m.user_id != member.user_id) else {
+                return Ok(());
+            };
+            let (relation, privacy) =
+                relation_and_privacy(state, member.user_id, peer.user_id).await?;
+            may_message_directly(&relation, &privacy)
+        }
+    }
+}
+
 /// A member may send unless muted until a time still ahead.
 pub(crate) fn may_send(member: &MemberRecord, now_ms: i64) -> Result<(), ApiError> {
     match member.send_muted_until_ms {
@@ -107,6 +166,276 @@ pub(crate) fn may_revoke(
         ));
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Privacy and the blacklist
+
+/// Settings that let nobody in: what a missing or unreadable row means.
+pub(crate) const STRICTEST_PRIVACY: Privacy = Privacy {
+    direct_messages: Audience::Friends,
+    searchable_by: Audience::Nobody,
+    group_invites: Audience::Nobody,
+    last_seen: Audience::Nobody,
+};
+
+/// The settings as stored, failing closed: a missing row, or a value this
+/// server does not know, reads as the strictest setting.
+pub(crate) fn privacy_from(record: Option<&PrivacyRecord>) -> Privacy {
+    let Some(record) = record else {
+        return STRICTEST_PRIVACY;
+    };
+    let parse = |raw: &str, strictest: Audience| match raw {
+        "everyone" => Audience::Everyone,
+        "friends" => Audience::Friends,
+        "nobody" => Audience::Nobody,
+        _ => strictest,
+    };
+    let direct_messages = match parse(&record.direct_messages, Audience::Friends) {
+        // Not a valid stored value for this setting: fail closed.
+        Audience::Nobody => Audience::Friends,
+        other => other,
+    };
+    Privacy {
+        direct_messages,
+        searchable_by: parse(&record.searchable_by, Audience::Nobody),
+        group_invites: parse(&record.group_invites, Audience::Nobody),
+        last_seen: parse(&record.last_seen, Audience::Nobody),
+    }
+}
+
+pub(crate) fn audience_str(audience: Audience) -> &'static str {
+    match audience {
+        Audience::Everyone => "everyone",
+        Audience::Friends => "friends",
+        Audience::Nobody => "nobody",
+    }
+}
+
+fn admits(audience: Audience, relation: &Relation) -> bool {
+    match audience {
+        Audience::Everyone => true,
+        Audience::Friends => relation.friends,
+        Audience::Nobody => false,
+    }
+}
+
+fn blocked(relation: &Relation) -> Option<ApiError> {
+    if relation.b_blocked_a {
+        return Some(ApiError::new(
+            ErrorCode::Blocked,
+            "this user has blocked you",
+        ));
+    }
+    if relation.a_blocked_b {
+        return Some(ApiError::new(
+            ErrorCode::Blocked,
+            "you have blocked this user; unblock them first",
+        ));
+    }
+    None
+}
+
+/// May `a` write to `b` in their direct channel? `relation` is `a`'s to
+/// `b`, `privacy` is `b`'s. A block either way makes the channel read-only.
+pub(crate) fn may_message_directly(relation: &Relation, privacy: &Privacy) -> Result<(), ApiError> {
+    if let Some(err) = blocked(relation) {
+        return Err(err);
+    }
+    if !admits(privacy.direct_messages, relation) {
+        return Err(ApiError::new(
+            ErrorCode::PrivacyRestricted,
+            "this user accepts direct messages from friends only",
+        ));
+    }
+    Ok(())
+}
+
+/// May `a` ask `b` to be friends? Self-requests and duplicates are the
+/// caller's to refuse; this is the relation rule.
+pub(crate) fn may_befriend(relation: &Relation) -> Result<(), ApiError> {
+    if let Some(err) = blocked(relation) {
+        return Err(err);
+    }
+    if relation.friends {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            "you are friends already",
+        ));
+    }
+    if relation.a_requested_b {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            "your request to this user is still pending",
+        ));
+    }
+    Ok(())
+}
+
+/// May `a` add `b` to a group (directly or by an invitation)?
+pub(crate) fn may_add_to_group(relation: &Relation, privacy: &Privacy) -> Result<(), ApiError> {
+    if let Some(err) = blocked(relation) {
+        return Err(err);
+    }
+    if !admits(privacy.group_invites, relation) {
+        return Err(ApiError::new(
+            ErrorCode::PrivacyRestricted,
+            "this user's privacy settings do not let you add them to groups",
+        ));
+    }
+    Ok(())
+}
+
+/// May `a` see `b`'s presence (online and last seen)?
+pub(crate) fn may_see_presence(relation: &Relation, privacy: &Privacy) -> bool {
+    blocked(relation).is_none() && admits(privacy.last_seen, relation)
+}
+
+/// May `a` find `b` by username?
+pub(crate) fn may_find(relation: &Relation, privacy: &Privacy) -> bool {
+    !relation.b_blocked_a && admits(privacy.searchable_by, relation)
+}
+
+// ---------------------------------------------------------------------------
+// Groups
+
+/// Everything one can do in a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum GroupAction {
+    View,
+    ListMembers,
+    Update,
+    Dissolve,
+    /// Add members, directly or by join requests.
+    Invite,
+    Kick,
+    Leave,
+    Mute,
+    SetRole,
+    TransferOwner,
+    GetSettings,
+    UpdateSettings,
+    MuteAll,
+    GenerateCode,
+    RevokeCodes,
+    ListApprovals,
+    HandleApproval,
+    Send,
+}
+
+/// The actor's standing in a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Standing {
+    Member(Role),
+    Outsider,
+}
+
+/// What an action needs of its actor (and target).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Need {
+    /// Any member.
+    Member,
+    /// Any member but the owner (who must hand the group over first).
+    NotOwner,
+    /// The owner or an admin.
+    Moderator,
+    Owner,
+    /// The owner or an admin; members too when the invite policy says so.
+    Inviter,
+    /// A role above the target's.
+    Outranks,
+    /// Admins and the owner always; members unless everyone is muted.
+    Speaker,
+}
+
+/// The group permission table: each action and what it needs.
+pub(crate) const GROUP_RULES: &[(GroupAction, Need)] = &[
+    (GroupAction::View, Need::Member),
+    (GroupAction::ListMembers, Need::Member),
+    (GroupAction::GetSettings, Need::Member),
+    (GroupAction::Leave, Need::NotOwner),
+    (GroupAction::Update, Need::Moderator),
+    (GroupAction::UpdateSettings, Need::Moderator),
+    (GroupAction::MuteAll, Need::Moderator),
+    (GroupAction::RevokeCodes, Need::Moderator),
+    (GroupAction::ListApprovals, Need::Moderator),
+    (GroupAction::HandleApproval, Need::Moderator),
+    (GroupAction::Dissolve, Need::Owner),
+    (GroupAction::SetRole, Need::Owner),
+    (GroupAction::TransferOwner, Need::Owner),
+    (GroupAction::Invite, Need::Inviter),
+    (GroupAction::GenerateCode, Need::Inviter),
+    (GroupAction::Kick, Need::Outranks),
+    (GroupAction::Mute, Need::Outranks),
+    (GroupAction::Send, Need::Speaker),
+];
+
+/// Decides a group action from the table. `target` is the role of the
+/// member acted on, for actions that have one.
+pub(crate) fn group_rule(
+    action: GroupAction,
+    actor: Standing,
+    target: Option<Role>,
+    group: &GroupRecord,
+) -> Result<(), ApiError> {
+    let need = GROUP_RULES
+        .iter()
+        .find(|(a, _)| *a == action)
+        .map(|(_, need)| *need)
+        .unwrap_or(Need::Owner);
+    let Standing::Member(role) = actor else {
+        return Err(ApiError::new(
+            ErrorCode::NotMember,
+            format!("you are not a member of group {}", group.id),
+        ));
+    };
+    let moderator = role >= Role::Admin;
+    let allowed = match need {
+        Need::Member => true,
+        Need::NotOwner => {
+            if role == Role::Owner {
+                return Err(ApiError::new(
+                    ErrorCode::Forbidden,
+                    "the owner cannot leave; transfer ownership or dissolve the group",
+                ));
+            }
+            true
+        }
+        Need::Moderator => moderator,
+        Need::Owner => role == Role::Owner,
+        Need::Inviter => moderator || invite_policy(group) == InvitePolicy::Members,
+        Need::Outranks => target.is_some_and(|target| role > target),
+        Need::Speaker => {
+            if !moderator && group.mute_all {
+                return Err(ApiError::new(
+                    ErrorCode::Muted,
+                    "only the owner and admins may send while the group is muted",
+                ));
+            }
+            true
+        }
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!("a group {} may not do this", role.as_str()),
+        ))
+    }
+}
+
+/// The stored invite policy; anything unknown reads as the stricter one.
+pub(crate) fn invite_policy(group: &GroupRecord) -> InvitePolicy {
+    match group.invite_policy.as_str() {
+        "members" => InvitePolicy::Members,
+        _ => InvitePolicy::Admins,
+    }
+}
+
+/// A member's role; an unknown stored role reads as a plain member.
+pub(crate) fn role_of(member: &MemberRecord) -> Role {
+    Role::parse(&member.role).unwrap_or(Role::Member)
 }
 
 #[cfg(test)]

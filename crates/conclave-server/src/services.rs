@@ -3,6 +3,8 @@
 
 pub(crate) mod accounts;
 pub(crate) mod documents;
+pub(crate) mod groups;
 pub(crate) mod inbox;
 pub(crate) mod messaging;
 pub(crate) mod presence;
+pub(crate) mod social;

@@ -370,6 +370,34 @@ impl SessionManager {
         }
     }
 
+    /// Ends the presence subscriptions to `watched` of every session whose
+    /// user `keep` refuses (after a block or a stricter privacy setting).
+    pub fn drop_watchers(&self, watched: UserId, keep: impl Fn(UserId) -> bool) {
+        let mut registry = self.lock();
+        let Some(watchers) = registry.watchers.get(&watched).cloned() else {
+            return;
+        };
+        for session in watchers {
+            let owner = registry.by_id.get(&session).map(|s| s.user_id);
+            if owner.is_some_and(&keep) {
+                continue;
+            }
+            if let Some(set) = registry.watchers.get_mut(&watched) {
+                set.remove(&session);
+            }
+            if let Some(set) = registry.watching.get_mut(&session) {
+                set.remove(&watched);
+            }
+        }
+        if registry
+            .watchers
+            .get(&watched)
+            .is_some_and(HashSet::is_empty)
+        {
+            registry.watchers.remove(&watched);
+        }
+    }
+
     pub fn is_online(&self, user: UserId) -> bool {
         self.lock().by_user.contains_key(&user)
     }

@@ -11,17 +11,23 @@
 //! user, read-write or read-only, until it expires. The prefix is part of
 //! what is signed, so neither kind of token passes for the other.
 //!
+//! Share codes are built the same way too: `cu1.` resolves to a user (a
+//! share card), `cg1.` invites to a group (and carries the group's code
+//! epoch, so bumping the epoch revokes every code issued before).
+//!
 //! A refresh token is 32 random bytes (base64url). Only its SHA-256 is
 //! stored; each use replaces it.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use conclave_core::{DeviceId, DocumentId, UserId};
+use conclave_core::{DeviceId, DocumentId, GroupId, UserId};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 const ACCESS_PREFIX: &str = "ca1.";
 const DOCUMENT_PREFIX: &str = "cd1.";
+const USER_CARD_PREFIX: &str = "cu1.";
+const GROUP_INVITE_PREFIX: &str = "cg1.";
 
 /// A token longer than this is garbage; refusing it early bounds the work an
 /// unauthenticated request can cause.
@@ -94,6 +100,65 @@ pub(crate) fn verify_document(
     now_ms: i64,
 ) -> Result<DocumentClaims, TokenError> {
     let claims: DocumentClaims = verify(DOCUMENT_PREFIX, key, token)?;
+    if claims.expires_at_ms <= now_ms {
+        return Err(TokenError::Expired);
+    }
+    Ok(claims)
+}
+
+/// A share card: resolves to a user until it expires.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct UserCardClaims {
+    #[serde(rename = "u")]
+    pub user_id: UserId,
+    /// Expiry, unix milliseconds.
+    #[serde(rename = "x")]
+    pub expires_at_ms: i64,
+}
+
+/// A group invitation: joins a group while its epoch is current.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct GroupInviteClaims {
+    #[serde(rename = "g")]
+    pub group_id: GroupId,
+    /// Who issued it.
+    #[serde(rename = "i")]
+    pub issuer_id: UserId,
+    /// The group's code epoch when issued.
+    #[serde(rename = "e")]
+    pub epoch: i64,
+    /// Expiry, unix milliseconds.
+    #[serde(rename = "x")]
+    pub expires_at_ms: i64,
+}
+
+pub(crate) fn issue_user_card(key: &[u8], claims: &UserCardClaims) -> String {
+    issue(USER_CARD_PREFIX, key, claims)
+}
+
+pub(crate) fn verify_user_card(
+    key: &[u8],
+    token: &str,
+    now_ms: i64,
+) -> Result<UserCardClaims, TokenError> {
+    let claims: UserCardClaims = verify(USER_CARD_PREFIX, key, token)?;
+    if claims.expires_at_ms <= now_ms {
+        return Err(TokenError::Expired);
+    }
+    Ok(claims)
+}
+
+pub(crate) fn issue_group_invite(key: &[u8], claims: &GroupInviteClaims) -> String {
+    issue(GROUP_INVITE_PREFIX, key, claims)
+}
+
+/// Checks the signature and expiry; the caller checks the epoch.
+pub(crate) fn verify_group_invite(
+    key: &[u8],
+    token: &str,
+    now_ms: i64,
+) -> Result<GroupInviteClaims, TokenError> {
+    let claims: GroupInviteClaims = verify(GROUP_INVITE_PREFIX, key, token)?;
     if claims.expires_at_ms <= now_ms {
         return Err(TokenError::Expired);
     }

@@ -9,10 +9,12 @@ mod accounts;
 pub mod conformance;
 mod documents;
 mod error;
+mod groups;
 mod inbox;
 mod messaging;
 mod metrics;
 pub use metrics::register as register_metrics;
+mod social;
 mod sqlite;
 
 use std::sync::Arc;
@@ -22,10 +24,16 @@ use async_trait::async_trait;
 pub use accounts::{AccountStore, DeviceLogin, DeviceRecord, NewUser, ProfileUpdate, UserRecord};
 pub use documents::{DocumentRecord, DocumentStore, StoredDocument};
 pub use error::StorageError;
+pub use groups::{
+    GroupChange, GroupChanged, GroupPatch, GroupRecord, GroupStore, JoinRequestRecord, NewGroup,
+};
 pub use inbox::{InboxEvent, InboxStore};
 pub use messaging::{
     Audience, ChannelKind, ChannelRecord, ChannelSummary, Committed, EventRecord, MemberFlag,
     MemberRecord, MessageRecord, MessageStore, NewMessage, ReactionOp, SendOutcome,
+};
+pub use social::{
+    FriendRecord, FriendRequestRecord, PrivacyRecord, Relation, SearchCandidate, SocialStore,
 };
 pub use sqlite::{SqliteOptions, SqliteStorage};
 
@@ -65,6 +73,10 @@ pub trait Storage: Send + Sync + 'static {
     fn inbox(&self) -> &dyn InboxStore;
 
     fn documents(&self) -> &dyn DocumentStore;
+
+    fn social(&self) -> &dyn SocialStore;
+
+    fn groups(&self) -> &dyn GroupStore;
 }
 
 /// Write-once facts about the installation.

@@ -3,8 +3,10 @@
 mod accounts;
 mod documents;
 mod group_commit;
+mod groups;
 mod inbox;
 mod messaging;
+mod social;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -244,6 +246,14 @@ impl Storage for SqliteStorage {
     }
 
     fn documents(&self) -> &dyn crate::DocumentStore {
+        self
+    }
+
+    fn social(&self) -> &dyn crate::SocialStore {
+        self
+    }
+
+    fn groups(&self) -> &dyn crate::GroupStore {
         self
     }
 }

@@ -205,3 +205,103 @@ mod double_option {
         Option::<String>::deserialize(deserializer).map(Some)
     }
 }
+
+/// Who a privacy setting lets in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Audience {
+    Everyone,
+    Friends,
+    Nobody,
+}
+
+/// The caller's privacy settings. Each is enforced by every route it
+/// affects; a blocked user is refused whatever the setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Privacy {
+    /// Who may start or continue a direct conversation (`everyone` or
+    /// `friends`; `nobody` is refused as input).
+    pub direct_messages: Audience,
+    /// Who finds the user by username prefix in `account/search/query`.
+    pub searchable_by: Audience,
+    /// Who may add the user to groups (directly or by an invitation).
+    pub group_invites: Audience,
+    /// Who sees the user's presence: online status and last seen.
+    pub last_seen: Audience,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacyGet {}
+route!(PrivacyGet, "account/privacy/get", Privacy);
+
+/// Changes the given settings; absent ones stay as they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacyUpdate {
+    #[serde(default)]
+    pub direct_messages: Option<Audience>,
+    #[serde(default)]
+    pub searchable_by: Option<Audience>,
+    #[serde(default)]
+    pub group_invites: Option<Audience>,
+    #[serde(default)]
+    pub last_seen: Option<Audience>,
+}
+route!(PrivacyUpdate, "account/privacy/update", Privacy);
+
+/// Another user as search, share cards and contact lists show them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserCard {
+    pub user_id: UserId,
+    pub username: String,
+    pub display_name: String,
+    pub avatar_file_id: Option<String>,
+    pub is_friend: bool,
+}
+
+/// Users whose username starts with `query` (case-insensitive) and whose
+/// privacy lets the caller find them, in username order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserSearch {
+    pub query: String,
+    /// The `next_cursor` of the previous page.
+    #[serde(default)]
+    pub cursor: Option<String>,
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserSearchResults {
+    pub users: Vec<UserCard>,
+    /// Present when there may be more results.
+    pub next_cursor: Option<String>,
+}
+route!(UserSearch, "account/search/query", UserSearchResults);
+
+/// A signed code that resolves to the caller (for a QR code or a link).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShareCard {
+    /// How long the code stays valid; the server default when absent.
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+}
+
+/// A signed, expiring code (a user's share card or a group's invitation).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareCode {
+    pub code: String,
+    pub expires_at_ms: i64,
+}
+route!(ShareCard, "account/user/share_card", ShareCode);
+
+/// Resolves a share card to its user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ByQrcode {
+    pub code: String,
+}
+route!(ByQrcode, "account/search/by_qrcode", UserCard);

@@ -422,7 +422,7 @@ fn valid_device_name(name: Option<&str>) -> Result<String, ApiError> {
 }
 
 /// Trims, bounds and rejects control characters in user-visible text.
-fn valid_text(
+pub(crate) fn valid_text(
     field: &str,
     text: &str,
     max_bytes: usize,

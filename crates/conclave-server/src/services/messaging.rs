@@ -8,7 +8,10 @@ use conclave_storage::{
 };
 
 use crate::api_error::ApiError;
-use crate::permissions::{may_revoke, may_see, may_send, member_of, not_member};
+use crate::permissions::{
+    may_message_directly, may_revoke, may_see, may_write, member_of, not_member,
+    relation_and_privacy,
+};
 use crate::rpc::{RouteTable, RpcContext};
 
 const CLIENT_MSG_ID_LEN_MAX_BYTES: usize = 64;
@@ -114,6 +117,8 @@ async fn direct_get_or_create(
             format!("no user {}", req.user_id),
         ));
     }
+    let (relation, privacy) = relation_and_privacy(state, caller.user_id, req.user_id).await?;
+    may_message_directly(&relation, &privacy)?;
     let (channel, created) = state
         .storage
         .messages()
@@ -239,8 +244,8 @@ async fn store_message(
         )));
     }
     let now = crate::unix_ms();
-    let (_, member) = member_of(&ctx.state, channel, caller.user_id).await?;
-    may_send(&member, now)?;
+    let (channel_record, member) = member_of(&ctx.state, channel, caller.user_id).await?;
+    may_write(&ctx.state, &channel_record, &member, now).await?;
     let content_json =
         serde_json::to_string(content).map_err(|err| ApiError::internal(err.to_string()))?;
     let mentions_json =
@@ -500,7 +505,8 @@ async fn react(
             "emoji: 1 to {EMOJI_LEN_MAX_BYTES} bytes without spaces"
         )));
     }
-    let (_, member) = member_of(&ctx.state, change.channel_id, caller.user_id).await?;
+    let (channel, member) = member_of(&ctx.state, change.channel_id, caller.user_id).await?;
+    may_write(&ctx.state, &channel, &member, crate::unix_ms()).await?;
     let message = visible_message(ctx, &member, change.message_id).await?;
     let event = ctx
         .state
@@ -577,7 +583,8 @@ async fn pin(
     pinned: bool,
 ) -> Result<ReactionChanged, ApiError> {
     let caller = ctx.caller()?;
-    let (_, member) = member_of(&ctx.state, change.channel_id, caller.user_id).await?;
+    let (channel, member) = member_of(&ctx.state, change.channel_id, caller.user_id).await?;
+    may_write(&ctx.state, &channel, &member, crate::unix_ms()).await?;
     let message = visible_message(ctx, &member, change.message_id).await?;
     let event = ctx
         .state
@@ -767,6 +774,8 @@ pub(crate) fn channel_event(event: &EventRecord) -> ChannelEvent {
         "reaction" => (events::MESSAGE_REACTION, parse(&event.body)),
         "read" => (events::MESSAGE_READ, parse(&event.body)),
         "pin" => (events::MESSAGE_PINNED, parse(&event.body)),
+        // Group changes keep their own names: `group/member_joined`...
+        kind if kind.starts_with("group/") => (kind, parse(&event.body)),
         _ => ("channel/updated", parse(&event.body)),
     };
     let mut body = body;

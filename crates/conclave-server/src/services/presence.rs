@@ -5,7 +5,7 @@ use conclave_protocol::api::presence::*;
 use conclave_protocol::api::{Empty, events};
 
 use crate::api_error::ApiError;
-use crate::permissions::member_of;
+use crate::permissions::{may_see_presence, member_of, relation_and_privacy};
 use crate::rpc::{RouteTable, RpcContext};
 use crate::sessions::{PRESENCE_WATCH_MAX, PushEvent};
 use crate::state::AppState;
@@ -27,16 +27,21 @@ async fn subscribe(ctx: RpcContext, req: Subscribe) -> Result<StatusList, ApiErr
     let session = caller.session_id.ok_or_else(|| {
         ApiError::bad_request("presence/subscribe needs a live connection (WebSocket, TCP or QUIC)")
     })?;
-    ctx.state
-        .sessions
-        .watch(session, &req.user_ids)
-        .map_err(|max| {
-            ApiError::new(
-                ErrorCode::LimitExceeded,
-                format!("a session may watch at most {max} users"),
-            )
-        })?;
-    statuses(&ctx.state, &req.user_ids).await
+    // Users whose presence the caller may not see are reported offline and
+    // not watched.
+    let mut visible = Vec::with_capacity(req.user_ids.len());
+    for user in &req.user_ids {
+        if may_see(&ctx.state, caller.user_id, *user).await? {
+            visible.push(*user);
+        }
+    }
+    ctx.state.sessions.watch(session, &visible).map_err(|max| {
+        ApiError::new(
+            ErrorCode::LimitExceeded,
+            format!("a session may watch at most {max} users"),
+        )
+    })?;
+    statuses(&ctx.state, caller.user_id, &req.user_ids).await
 }
 
 async fn unsubscribe(ctx: RpcContext, req: Unsubscribe) -> Result<Empty, ApiError> {
@@ -49,19 +54,19 @@ async fn unsubscribe(ctx: RpcContext, req: Unsubscribe) -> Result<Empty, ApiErro
 }
 
 async fn status_get(ctx: RpcContext, req: StatusGet) -> Result<PresenceStatus, ApiError> {
-    ctx.caller()?;
-    status(&ctx.state, req.user_id).await
+    let caller = ctx.caller()?;
+    status(&ctx.state, caller.user_id, req.user_id).await
 }
 
 async fn status_batch_get(ctx: RpcContext, req: StatusBatchGet) -> Result<StatusList, ApiError> {
-    ctx.caller()?;
+    let caller = ctx.caller()?;
     if req.user_ids.len() > STATUS_BATCH_MAX {
         return Err(ApiError::new(
             ErrorCode::PayloadTooLarge,
             format!("user_ids: at most {STATUS_BATCH_MAX}"),
         ));
     }
-    statuses(&ctx.state, &req.user_ids).await
+    statuses(&ctx.state, caller.user_id, &req.user_ids).await
 }
 
 async fn typing(ctx: RpcContext, req: Typing) -> Result<Empty, ApiError> {
@@ -100,15 +105,41 @@ fn bounded(users: &[UserId]) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn statuses(state: &AppState, users: &[UserId]) -> Result<StatusList, ApiError> {
+async fn statuses(
+    state: &AppState,
+    viewer: UserId,
+    users: &[UserId],
+) -> Result<StatusList, ApiError> {
     let mut statuses = Vec::with_capacity(users.len());
     for user in users {
-        statuses.push(status(state, *user).await?);
+        statuses.push(status(state, viewer, *user).await?);
     }
     Ok(StatusList { statuses })
 }
 
-async fn status(state: &AppState, user: UserId) -> Result<PresenceStatus, ApiError> {
+/// Whether `viewer` may see `user`'s presence (one's own always).
+async fn may_see(state: &AppState, viewer: UserId, user: UserId) -> Result<bool, ApiError> {
+    if viewer == user {
+        return Ok(true);
+    }
+    let (relation, privacy) = relation_and_privacy(state, viewer, user).await?;
+    Ok(may_see_presence(&relation, &privacy))
+}
+
+/// A user's presence as `viewer` may see it: hidden presence reads as
+/// offline, never seen.
+async fn status(
+    state: &AppState,
+    viewer: UserId,
+    user: UserId,
+) -> Result<PresenceStatus, ApiError> {
+    if !may_see(state, viewer, user).await? {
+        return Ok(PresenceStatus {
+            user_id: user,
+            online: false,
+            last_seen_ms: None,
+        });
+    }
     let online = state.sessions.is_online(user);
     let last_seen_ms = if online {
         Some(crate::unix_ms())

@@ -82,6 +82,7 @@ impl AccountStore for SqliteStorage {
     async fn create_user(&self, user: NewUser<'_>) -> Result<UserRecord, StorageError> {
         timed(BACKEND, "create_user", async {
             let _writer = self.write_lock.lock().await;
+            let mut tx = self.pool.begin().await?;
             let row: UserRow = sqlx::query_as(&format!(
                 "INSERT INTO users (username, username_key, password_hash, display_name, bio, created_at, updated_at) \
                  VALUES (?, ?, ?, ?, '', ?, ?) RETURNING {USER_COLUMNS}"
@@ -92,7 +93,7 @@ impl AccountStore for SqliteStorage {
             .bind(user.display_name)
             .bind(user.now_ms)
             .bind(user.now_ms)
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *tx)
             .await
             .map_err(|err| {
                 if is_unique_violation(&err) {
@@ -101,6 +102,13 @@ impl AccountStore for SqliteStorage {
                     err.into()
                 }
             })?;
+            // Every account starts with the default privacy settings.
+            sqlx::query("INSERT INTO privacy_settings (user_id, updated_at) VALUES (?, ?)")
+                .bind(row.id)
+                .bind(user.now_ms)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
             Ok(row.into())
         })
         .await

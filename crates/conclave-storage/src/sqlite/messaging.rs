@@ -15,7 +15,7 @@ use crate::{
 
 pub(super) type Tx<'a> = sqlx::Transaction<'a, sqlx::Sqlite>;
 
-const CHANNEL_COLUMNS: &str =
+pub(super) const CHANNEL_COLUMNS: &str =
     "c.id, c.kind, c.title, c.pts, c.last_message_pts, c.last_activity_at, c.created_at";
 const MEMBER_COLUMNS: &str = "cm.channel_id AS m_channel_id, cm.user_id AS m_user_id, cm.role AS m_role, \
      cm.joined_pts AS m_joined_pts, cm.read_pts AS m_read_pts, cm.pinned AS m_pinned, \
@@ -35,7 +35,7 @@ fn sql_pts(pts: u64) -> i64 {
     i64::try_from(pts).unwrap_or(i64::MAX)
 }
 
-fn channel_from(row: &SqliteRow) -> Result<ChannelRecord, sqlx::Error> {
+pub(super) fn channel_from(row: &SqliteRow) -> Result<ChannelRecord, sqlx::Error> {
     let kind: String = row.try_get("kind")?;
     Ok(ChannelRecord {
         id: ChannelId::new(row.try_get::<i64, _>("id")? as u64),
@@ -133,7 +133,7 @@ async fn load_message(
 /// Appends an event with the channel's next pts (in the caller's
 /// transaction) and returns it.
 #[allow(clippy::too_many_arguments)]
-async fn append_event(
+pub(super) async fn append_event(
     tx: &mut Tx<'_>,
     channel: ChannelId,
     kind: &str,
@@ -302,13 +302,31 @@ impl SqliteStorage {
     /// Commits `tx` and hands the event to the commit stream before the
     /// writer lock (held by the caller) is released, so the stream sees
     /// events in commit order.
-    async fn commit_event(
+    pub(super) async fn commit_event(
         &self,
-        mut tx: Tx<'_>,
+        tx: Tx<'_>,
         event: EventRecord,
         origin_session: Option<u64>,
     ) -> Result<EventRecord, StorageError> {
-        let recipients = recipients(&mut tx, &event).await?;
+        self.commit_event_to(tx, event, &[], origin_session).await
+    }
+
+    /// [`Self::commit_event`], also telling `also` live (members who were
+    /// just removed by the event).
+    pub(super) async fn commit_event_to(
+        &self,
+        mut tx: Tx<'_>,
+        event: EventRecord,
+        also: &[UserId],
+        origin_session: Option<u64>,
+    ) -> Result<EventRecord, StorageError> {
+        let mut recipients = recipients(&mut tx, &event).await?;
+        let extra: Vec<UserId> = also
+            .iter()
+            .copied()
+            .filter(|u| !recipients.contains(u))
+            .collect();
+        recipients.extend(extra);
         tx.commit().await?;
         self.publish(Committed {
             event: event.clone(),
