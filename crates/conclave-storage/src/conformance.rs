@@ -878,6 +878,517 @@ pub async fn concurrent_document_appends_lose_nothing(storage: Arc<dyn Storage>)
     assert_eq!(bytes, (0..16).collect::<Vec<u8>>());
 }
 
+pub async fn friend_requests_are_single_and_accepting_makes_friends(storage: Arc<dyn Storage>) {
+    let (a, b) = (user(&storage, "ann").await, user(&storage, "ben").await);
+    let social = storage.social();
+    let request = social.request_friend(a, b, Some("hi"), 10).await.unwrap();
+    assert_eq!((request.from_id, request.to_id), (a, b));
+    assert_eq!(request.status, "pending");
+    assert!(matches!(
+        social.request_friend(a, b, None, 11).await,
+        Err(StorageError::Conflict(_))
+    ));
+    let relation = social.relation(a, b).await.unwrap();
+    assert!(relation.a_requested_b && !relation.b_requested_a && !relation.friends);
+    let reverse = social.relation(b, a).await.unwrap();
+    assert!(reverse.b_requested_a && !reverse.a_requested_b);
+    assert_eq!(
+        social.pending_requests(b).await.unwrap(),
+        vec![request.clone()]
+    );
+
+    let (channel, _) = storage.messages().direct_channel(a, b, 12).await.unwrap();
+    let accepted = social
+        .accept_request(a, b, channel.id, 13)
+        .await
+        .unwrap()
+        .expect("a pending request is accepted");
+    assert_eq!(accepted.status, "accepted");
+    assert!(
+        social
+            .accept_request(a, b, channel.id, 14)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(social.pending_requests(a).await.unwrap().is_empty());
+    for (one, other) in [(a, b), (b, a)] {
+        assert!(social.relation(one, other).await.unwrap().friends);
+        let friends = social.friends(one).await.unwrap();
+        assert_eq!(friends.len(), 1);
+        assert_eq!(friends[0].friend.id, other);
+        assert_eq!(friends[0].channel_id, Some(channel.id));
+    }
+    assert!(social.set_alias(a, b, Some("Benny")).await.unwrap());
+    assert_eq!(
+        social.friends(a).await.unwrap()[0].alias.as_deref(),
+        Some("Benny")
+    );
+    assert_eq!(
+        social.friends(b).await.unwrap()[0].alias,
+        None,
+        "aliases are per side"
+    );
+
+    assert!(social.remove_friend(b, a).await.unwrap());
+    assert!(!social.remove_friend(a, b).await.unwrap());
+    assert!(social.friends(a).await.unwrap().is_empty());
+    assert!(!social.set_alias(a, b, Some("x")).await.unwrap());
+    // A closed request can be made again; closing needs a pending one.
+    social.request_friend(b, a, None, 20).await.unwrap();
+    let recalled = social.close_request(b, a, "recalled", 21).await.unwrap();
+    assert_eq!(recalled.map(|r| r.status), Some("recalled".to_owned()));
+    assert!(
+        social
+            .close_request(b, a, "recalled", 22)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+pub async fn blocks_withdraw_requests_and_privacy_rows_exist(storage: Arc<dyn Storage>) {
+    let (a, b) = (user(&storage, "ann").await, user(&storage, "ben").await);
+    let social = storage.social();
+    let defaults = social
+        .privacy(a)
+        .await
+        .unwrap()
+        .expect("created with the account");
+    assert_eq!(
+        (
+            defaults.direct_messages.as_str(),
+            defaults.searchable_by.as_str(),
+            defaults.group_invites.as_str(),
+            defaults.last_seen.as_str()
+        ),
+        ("everyone", "everyone", "everyone", "everyone")
+    );
+    let stricter = crate::PrivacyRecord {
+        direct_messages: "friends".to_owned(),
+        searchable_by: "nobody".to_owned(),
+        group_invites: "friends".to_owned(),
+        last_seen: "nobody".to_owned(),
+    };
+    social.set_privacy(a, &stricter, 5).await.unwrap();
+    assert_eq!(social.privacy(a).await.unwrap(), Some(stricter));
+    assert_eq!(social.privacy(UserId::new(999_999)).await.unwrap(), None);
+
+    social.request_friend(b, a, None, 10).await.unwrap();
+    let closed = social
+        .block(a, b, 11)
+        .await
+        .unwrap()
+        .expect("newly blocked");
+    assert_eq!(closed.len(), 1);
+    assert_eq!(closed[0].status, "rejected");
+    assert!(
+        social.block(a, b, 12).await.unwrap().is_none(),
+        "already blocked"
+    );
+    let relation = social.relation(b, a).await.unwrap();
+    assert!(relation.b_blocked_a && !relation.a_blocked_b && !relation.a_requested_b);
+    let blocked = social.blocked(a).await.unwrap();
+    assert_eq!(blocked.len(), 1);
+    assert_eq!((blocked[0].0.id, blocked[0].1), (b, 11));
+    assert!(social.unblock(a, b).await.unwrap());
+    assert!(!social.unblock(a, b).await.unwrap());
+    assert!(!social.relation(a, b).await.unwrap().a_blocked_b);
+}
+
+pub async fn user_search_matches_prefixes_in_order_and_pages(storage: Arc<dyn Storage>) {
+    let searcher = user(&storage, "anchor").await;
+    for name in ["Anna", "annie", "ann", "bob", "an_x"] {
+        user(&storage, name).await;
+    }
+    let social = storage.social();
+    let names = |found: Vec<crate::SearchCandidate>| -> Vec<String> {
+        found.into_iter().map(|c| c.user.username).collect()
+    };
+    let all = names(social.search_users(searcher, "an", None, 10).await.unwrap());
+    assert_eq!(
+        all,
+        ["an_x", "ann", "Anna", "annie"],
+        "the searcher is left out"
+    );
+    let first = names(social.search_users(searcher, "an", None, 2).await.unwrap());
+    assert_eq!(first, ["an_x", "ann"]);
+    let rest = names(
+        social
+            .search_users(searcher, "an", Some("ann"), 10)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(rest, ["Anna", "annie"]);
+    assert!(
+        social
+            .search_users(searcher, "zz", None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Pattern characters are plain text.
+    assert_eq!(
+        names(
+            social
+                .search_users(searcher, "an_", None, 10)
+                .await
+                .unwrap()
+        ),
+        ["an_x"]
+    );
+    let found = social
+        .search_users(searcher, "bob", None, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        found[0].privacy.as_ref().map(|p| p.searchable_by.as_str()),
+        Some("everyone")
+    );
+}
+
+async fn group_with(
+    storage: &Arc<dyn Storage>,
+    owner: UserId,
+    members: &[UserId],
+    cap: u32,
+) -> crate::GroupRecord {
+    let (group, event) = storage
+        .groups()
+        .create_group(crate::NewGroup {
+            owner,
+            name: "club",
+            description: "",
+            members,
+            member_cap: cap,
+            now_ms: 100,
+            origin_session: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!((event.kind.as_str(), event.pts), ("group/created", 1));
+    group
+}
+
+fn role(role: &str) -> Option<String> {
+    Some(role.to_owned())
+}
+
+pub async fn group_changes_are_checked_events_in_the_channel_log(storage: Arc<dyn Storage>) {
+    let owner = user(&storage, "olga").await;
+    let (m1, m2, late) = (
+        user(&storage, "max").await,
+        user(&storage, "mia").await,
+        user(&storage, "lou").await,
+    );
+    let groups = storage.groups();
+    let messages = storage.messages();
+    let mut commits = messages.commits().expect("the commit stream");
+    assert!(matches!(
+        groups
+            .create_group(crate::NewGroup {
+                owner,
+                name: "too big",
+                description: "",
+                members: &[m1, m2],
+                member_cap: 2,
+                now_ms: 1,
+                origin_session: None,
+            })
+            .await,
+        Err(StorageError::LimitReached(_))
+    ));
+    let group = group_with(&storage, owner, &[m1, m2, m1], 4).await;
+    assert_eq!(group.member_count, 3, "duplicates are added once");
+    assert_eq!(
+        groups.group_by_channel(group.channel_id).await.unwrap(),
+        Some(group.clone())
+    );
+    let created = commits.recv().await.unwrap();
+    assert_eq!(created.event.kind, "group/created");
+    assert_eq!(created.recipients.len(), 3);
+    let roles: Vec<(UserId, String)> = messages
+        .members(group.channel_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.user_id, m.role))
+        .collect();
+    assert!(roles.contains(&(owner, "owner".to_owned())));
+    assert!(roles.contains(&(m1, "member".to_owned())));
+
+    // A decision taken on a stale membership is refused, and changes nothing.
+    let stale = groups
+        .change_group(
+            group.id,
+            m1,
+            &[(m1, role("admin"))],
+            crate::GroupChange::Leave {
+                user: m2,
+                kicked: true,
+            },
+            200,
+            None,
+        )
+        .await;
+    assert!(matches!(stale, Err(StorageError::Conflict(_))));
+    assert_eq!(
+        messages
+            .channel(group.channel_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .pts,
+        1
+    );
+    assert!(
+        messages
+            .member(group.channel_id, m2)
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    let changed = groups
+        .change_group(
+            group.id,
+            owner,
+            &[(owner, role("owner")), (late, None)],
+            crate::GroupChange::Join {
+                users: vec![late],
+                via: "invite".to_owned(),
+                request: None,
+            },
+            300,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (changed.event.kind.as_str(), changed.event.pts),
+        ("group/member_joined", 2)
+    );
+    assert_eq!(changed.group.member_count, 4);
+    let joined = messages
+        .member(group.channel_id, late)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        joined.joined_pts, 1,
+        "a new member sees the log from its joining on"
+    );
+    let full = groups
+        .change_group(
+            group.id,
+            owner,
+            &[],
+            crate::GroupChange::Join {
+                users: vec![user(&storage, "extra").await],
+                via: "invite".to_owned(),
+                request: None,
+            },
+            301,
+            None,
+        )
+        .await;
+    assert!(matches!(full, Err(StorageError::LimitReached(_))));
+
+    let kicked = groups
+        .change_group(
+            group.id,
+            owner,
+            &[(owner, role("owner")), (m2, role("member"))],
+            crate::GroupChange::Leave {
+                user: m2,
+                kicked: true,
+            },
+            400,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(kicked.removed, vec![m2]);
+    assert_eq!(kicked.event.kind, "group/member_removed");
+    assert!(
+        messages
+            .member(group.channel_id, m2)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let _joined = commits.recv().await.unwrap();
+    let removal = commits.recv().await.unwrap();
+    assert!(
+        removal.recipients.contains(&m2),
+        "the removed member hears it live"
+    );
+
+    let muted = groups
+        .change_group(
+            group.id,
+            owner,
+            &[],
+            crate::GroupChange::Mute {
+                user: m1,
+                until_ms: Some(9_000),
+            },
+            500,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(muted.event.kind, "group/member_muted");
+    let member = messages
+        .member(group.channel_id, m1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(member.send_muted_until_ms, Some(9_000));
+
+    let not_owner = groups
+        .change_group(
+            group.id,
+            m1,
+            &[],
+            crate::GroupChange::TransferOwner { to: m1 },
+            600,
+            None,
+        )
+        .await;
+    assert!(matches!(not_owner, Err(StorageError::Conflict(_))));
+    let transferred = groups
+        .change_group(
+            group.id,
+            owner,
+            &[(owner, role("owner")), (m1, role("member"))],
+            crate::GroupChange::TransferOwner { to: m1 },
+            700,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(transferred.group.owner_id, m1);
+    let old = messages
+        .member(group.channel_id, owner)
+        .await
+        .unwrap()
+        .unwrap();
+    let new = messages
+        .member(group.channel_id, m1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((old.role.as_str(), new.role.as_str()), ("admin", "owner"));
+
+    let patch = crate::GroupPatch {
+        name: Some("renamed".to_owned()),
+        join_approval: Some(true),
+        announcement: Some(Some("hello".to_owned())),
+        bump_qr_epoch: true,
+        ..crate::GroupPatch::default()
+    };
+    let updated = groups
+        .change_group(
+            group.id,
+            m1,
+            &[],
+            crate::GroupChange::Update(patch),
+            800,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated.group.name, "renamed");
+    assert!(updated.group.join_approval);
+    assert_eq!(updated.group.announcement.as_deref(), Some("hello"));
+    assert_eq!(updated.group.qr_epoch, group.qr_epoch + 1);
+    assert_eq!(
+        messages
+            .channel(group.channel_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .title
+            .as_deref(),
+        Some("renamed")
+    );
+
+    let (events, head) = messages
+        .events_after(group.channel_id, 0, 100)
+        .await
+        .unwrap();
+    let pts: Vec<u64> = events.iter().map(|e| e.pts).collect();
+    assert_eq!(pts, (1..=head).collect::<Vec<u64>>(), "one contiguous log");
+
+    let dissolved = groups
+        .change_group(group.id, m1, &[], crate::GroupChange::Dissolve, 900, None)
+        .await
+        .unwrap();
+    assert_eq!(dissolved.removed.len(), 3);
+    assert!(groups.group(group.id).await.unwrap().is_none());
+    assert!(messages.members(group.channel_id).await.unwrap().is_empty());
+    assert!(groups.groups_of(m1).await.unwrap().is_empty());
+}
+
+pub async fn join_requests_are_one_per_user_and_settle_once(storage: Arc<dyn Storage>) {
+    let owner = user(&storage, "olga").await;
+    let (asker, other) = (user(&storage, "ann").await, user(&storage, "ben").await);
+    let groups = storage.groups();
+    let group = group_with(&storage, owner, &[], 10).await;
+    let first = groups
+        .request_join(group.id, asker, Some(owner), "qrcode", 10)
+        .await
+        .unwrap();
+    let again = groups
+        .request_join(group.id, asker, None, "invite", 11)
+        .await
+        .unwrap();
+    assert_eq!(again, first, "one pending request per user");
+    let second = groups
+        .request_join(group.id, other, Some(owner), "invite", 12)
+        .await
+        .unwrap();
+    assert_eq!(
+        groups.join_requests(group.id).await.unwrap(),
+        vec![first.clone(), second.clone()]
+    );
+
+    let approve = |request| crate::GroupChange::Join {
+        users: vec![asker],
+        via: "qrcode".to_owned(),
+        request: Some(request),
+    };
+    groups
+        .change_group(
+            group.id,
+            owner,
+            &[(asker, None)],
+            approve(first.id),
+            20,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        groups
+            .join_request(first.id)
+            .await
+            .unwrap()
+            .map(|r| r.status),
+        Some("approved".to_owned())
+    );
+    assert!(matches!(
+        groups
+            .change_group(group.id, owner, &[], approve(first.id), 21, None)
+            .await,
+        Err(StorageError::Conflict(_))
+    ));
+    assert!(groups.decline_join(second.id, owner, 22).await.unwrap());
+    assert!(!groups.decline_join(second.id, owner, 23).await.unwrap());
+    assert!(groups.join_requests(group.id).await.unwrap().is_empty());
+}
+
 /// Generates one `#[tokio::test]` per conformance check. `$open` is an async
 /// expression that yields a fresh `Arc<dyn Storage>` (and may `return` early
 /// to skip when the backend's server is not configured).
@@ -907,6 +1418,11 @@ macro_rules! conformance_tests {
             document_updates_get_contiguous_seqs_and_load_in_order,
             compaction_replaces_a_prefix_of_the_log,
             concurrent_document_appends_lose_nothing,
+            friend_requests_are_single_and_accepting_makes_friends,
+            blocks_withdraw_requests_and_privacy_rows_exist,
+            user_search_matches_prefixes_in_order_and_pages,
+            group_changes_are_checked_events_in_the_channel_log,
+            join_requests_are_one_per_user_and_settle_once,
         );
     };
     (@each $open:expr; $($check:ident,)*) => {
