@@ -475,6 +475,263 @@ mod tests {
         }
     }
 
+    fn group(policy: &str, mute_all: bool) -> GroupRecord {
+        GroupRecord {
+            id: conclave_core::GroupId::new(1),
+            channel_id: ChannelId::new(1),
+            name: "g".to_owned(),
+            description: String::new(),
+            avatar_file_id: None,
+            owner_id: UserId::new(1),
+            join_approval: false,
+            invite_policy: policy.to_owned(),
+            member_cap: 10,
+            announcement: None,
+            mute_all,
+            qr_epoch: 0,
+            member_count: 3,
+            created_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn the_group_table_covers_every_action_once() {
+        use GroupAction::*;
+        let all = [
+            View,
+            ListMembers,
+            Update,
+            Dissolve,
+            Invite,
+            Kick,
+            Leave,
+            Mute,
+            SetRole,
+            TransferOwner,
+            GetSettings,
+            UpdateSettings,
+            MuteAll,
+            GenerateCode,
+            RevokeCodes,
+            ListApprovals,
+            HandleApproval,
+            Send,
+        ];
+        for action in all {
+            let rules = GROUP_RULES.iter().filter(|(a, _)| *a == action).count();
+            assert_eq!(rules, 1, "{action:?} has exactly one rule");
+        }
+        assert_eq!(GROUP_RULES.len(), all.len());
+    }
+
+    /// The whole matrix: action x actor x target x group settings.
+    #[test]
+    fn the_group_permission_matrix() {
+        use GroupAction::*;
+        const O: Standing = Standing::Member(Role::Owner);
+        const A: Standing = Standing::Member(Role::Admin);
+        const M: Standing = Standing::Member(Role::Member);
+        const N: Standing = Standing::Outsider;
+        let ok = Ok(());
+        let forbidden = Err(ErrorCode::Forbidden);
+        let muted = Err(ErrorCode::Muted);
+        let outsider = Err(ErrorCode::NotMember);
+        // (action, actor, target, invite policy, mute_all) -> outcome.
+        let cases: &[(
+            GroupAction,
+            Standing,
+            Option<Role>,
+            &str,
+            bool,
+            Result<(), ErrorCode>,
+        )] = &[
+            (View, O, None, "members", false, ok),
+            (View, M, None, "members", false, ok),
+            (View, N, None, "members", false, outsider),
+            (ListMembers, M, None, "admins", false, ok),
+            (ListMembers, N, None, "admins", false, outsider),
+            (GetSettings, M, None, "members", false, ok),
+            (Update, O, None, "members", false, ok),
+            (Update, A, None, "members", false, ok),
+            (Update, M, None, "members", false, forbidden),
+            (Update, N, None, "members", false, outsider),
+            (UpdateSettings, A, None, "members", false, ok),
+            (UpdateSettings, M, None, "members", false, forbidden),
+            (MuteAll, A, None, "members", false, ok),
+            (MuteAll, M, None, "members", false, forbidden),
+            (RevokeCodes, A, None, "members", false, ok),
+            (RevokeCodes, M, None, "members", false, forbidden),
+            (ListApprovals, A, None, "members", false, ok),
+            (ListApprovals, M, None, "members", false, forbidden),
+            (HandleApproval, O, None, "members", false, ok),
+            (HandleApproval, M, None, "members", false, forbidden),
+            (Dissolve, O, None, "members", false, ok),
+            (Dissolve, A, None, "members", false, forbidden),
+            (Dissolve, M, None, "members", false, forbidden),
+            (SetRole, O, Some(Role::Member), "members", false, ok),
+            (SetRole, A, Some(Role::Member), "members", false, forbidden),
+            (TransferOwner, O, Some(Role::Admin), "members", false, ok),
+            (
+                TransferOwner,
+                A,
+                Some(Role::Member),
+                "members",
+                false,
+                forbidden,
+            ),
+            (
+                TransferOwner,
+                N,
+                Some(Role::Member),
+                "members",
+                false,
+                outsider,
+            ),
+            (Invite, O, None, "admins", false, ok),
+            (Invite, A, None, "admins", false, ok),
+            (Invite, M, None, "admins", false, forbidden),
+            (Invite, M, None, "members", false, ok),
+            (Invite, N, None, "members", false, outsider),
+            (GenerateCode, M, None, "members", false, ok),
+            (GenerateCode, M, None, "admins", false, forbidden),
+            (GenerateCode, M, None, "unknown", false, forbidden),
+            (Kick, O, Some(Role::Admin), "members", false, ok),
+            (Kick, O, Some(Role::Member), "members", false, ok),
+            (Kick, A, Some(Role::Member), "members", false, ok),
+            (Kick, A, Some(Role::Admin), "members", false, forbidden),
+            (Kick, A, Some(Role::Owner), "members", false, forbidden),
+            (Kick, M, Some(Role::Member), "members", false, forbidden),
+            (Kick, M, Some(Role::Admin), "members", false, forbidden),
+            (Kick, N, Some(Role::Member), "members", false, outsider),
+            (Mute, A, Some(Role::Member), "members", false, ok),
+            (Mute, A, Some(Role::Admin), "members", false, forbidden),
+            (Mute, M, Some(Role::Member), "members", false, forbidden),
+            (Leave, M, None, "members", false, ok),
+            (Leave, A, None, "members", false, ok),
+            (Leave, O, None, "members", false, forbidden),
+            (Leave, N, None, "members", false, outsider),
+            (Send, M, None, "members", false, ok),
+            (Send, M, None, "members", true, muted),
+            (Send, A, None, "members", true, ok),
+            (Send, O, None, "members", true, ok),
+            (Send, N, None, "members", false, outsider),
+        ];
+        for (action, actor, target, policy, mute_all, expected) in cases {
+            let got =
+                group_rule(*action, *actor, *target, &group(policy, *mute_all)).map_err(|e| e.code);
+            assert_eq!(
+                got, *expected,
+                "{action:?} by {actor:?} on {target:?} (policy {policy}, mute_all {mute_all})"
+            );
+        }
+    }
+
+    fn relation(friends: bool, a_blocked_b: bool, b_blocked_a: bool) -> Relation {
+        Relation {
+            friends,
+            a_blocked_b,
+            b_blocked_a,
+            ..Relation::default()
+        }
+    }
+
+    fn privacy(direct: &str, others: &str) -> PrivacyRecord {
+        PrivacyRecord {
+            direct_messages: direct.to_owned(),
+            searchable_by: others.to_owned(),
+            group_invites: others.to_owned(),
+            last_seen: others.to_owned(),
+        }
+    }
+
+    #[test]
+    fn direct_messages_follow_blocks_then_privacy() {
+        let everyone = privacy_from(Some(&privacy("everyone", "everyone")));
+        let friends = privacy_from(Some(&privacy("friends", "friends")));
+        let cases = [
+            (relation(true, false, false), everyone, Ok(())),
+            (relation(false, false, false), everyone, Ok(())),
+            (relation(true, false, false), friends, Ok(())),
+            (
+                relation(false, false, false),
+                friends,
+                Err(ErrorCode::PrivacyRestricted),
+            ),
+            (
+                relation(true, false, true),
+                everyone,
+                Err(ErrorCode::Blocked),
+            ),
+            (
+                relation(true, true, false),
+                everyone,
+                Err(ErrorCode::Blocked),
+            ),
+            (
+                relation(false, false, true),
+                friends,
+                Err(ErrorCode::Blocked),
+            ),
+        ];
+        for (relation, privacy, expected) in cases {
+            let got = may_message_directly(&relation, &privacy).map_err(|e| e.code);
+            assert_eq!(got, expected, "{relation:?} {privacy:?}");
+        }
+    }
+
+    #[test]
+    fn privacy_fails_closed() {
+        assert_eq!(privacy_from(None), STRICTEST_PRIVACY, "a missing row");
+        let garbage = privacy_from(Some(&privacy("sometimes", "???")));
+        assert_eq!(garbage, STRICTEST_PRIVACY, "unknown values");
+        let nobody_dm = privacy_from(Some(&privacy("nobody", "everyone")));
+        assert_eq!(nobody_dm.direct_messages, Audience::Friends);
+        let stranger = relation(false, false, false);
+        let friend = relation(true, false, false);
+        let strict = privacy_from(None);
+        assert!(!may_find(&stranger, &strict));
+        assert!(!may_see_presence(&friend, &strict));
+        assert_eq!(
+            may_add_to_group(&friend, &strict).map_err(|e| e.code),
+            Err(ErrorCode::PrivacyRestricted)
+        );
+        let open = privacy_from(Some(&privacy("everyone", "everyone")));
+        assert!(may_find(&stranger, &open));
+        assert!(
+            !may_find(&relation(false, false, true), &open),
+            "blocked the searcher"
+        );
+        assert!(
+            may_find(&relation(false, true, false), &open),
+            "the searcher blocked them"
+        );
+        assert!(!may_see_presence(&relation(true, true, false), &open));
+        let friends_only = privacy_from(Some(&privacy("friends", "friends")));
+        assert!(may_see_presence(&friend, &friends_only));
+        assert!(!may_see_presence(&stranger, &friends_only));
+    }
+
+    #[test]
+    fn befriending_rules() {
+        let pending = Relation {
+            a_requested_b: true,
+            ..Relation::default()
+        };
+        assert_eq!(
+            may_befriend(&pending).map_err(|e| e.code),
+            Err(ErrorCode::Conflict)
+        );
+        assert_eq!(
+            may_befriend(&relation(true, false, false)).map_err(|e| e.code),
+            Err(ErrorCode::Conflict)
+        );
+        assert_eq!(
+            may_befriend(&relation(false, false, true)).map_err(|e| e.code),
+            Err(ErrorCode::Blocked)
+        );
+        assert!(may_befriend(&Relation::default()).is_ok());
+    }
+
     #[test]
     fn the_revoke_rules() {
         let window = 120;
