@@ -524,6 +524,16 @@ mod tests {
         assert_eq!(GROUP_RULES.len(), all.len());
     }
 
+    /// (action, actor, target, invite policy, mute_all) -> outcome.
+    type Case = (
+        GroupAction,
+        Standing,
+        Option<Role>,
+        &'static str,
+        bool,
+        Result<(), ErrorCode>,
+    );
+
     /// The whole matrix: action x actor x target x group settings.
     #[test]
     fn the_group_permission_matrix() {
@@ -537,14 +547,7 @@ mod tests {
         let muted = Err(ErrorCode::Muted);
         let outsider = Err(ErrorCode::NotMember);
         // (action, actor, target, invite policy, mute_all) -> outcome.
-        let cases: &[(
-            GroupAction,
-            Standing,
-            Option<Role>,
-            &str,
-            bool,
-            Result<(), ErrorCode>,
-        )] = &[
+        let cases: &[Case] = &[
             (View, O, None, "members", false, ok),
             (View, M, None, "members", false, ok),
             (View, N, None, "members", false, outsider),
