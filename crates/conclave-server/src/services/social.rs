@@ -259,6 +259,13 @@ async fn friend_remove(ctx: RpcContext, req: FriendRemove) -> Result<Empty, ApiE
             format!("user {} is not your friend", req.user_id),
         ));
     }
+    // Presence shown to friends only is no longer shown to the other, who
+    // stops hearing it at once.
+    for (watched, watcher) in [(caller.user_id, req.user_id), (req.user_id, caller.user_id)] {
+        if own_privacy(&ctx.state, watched).await?.last_seen != Audience::Everyone {
+            ctx.state.sessions.drop_watchers(watched, |w| w != watcher);
+        }
+    }
     let body = json!({ "user_ids": [caller.user_id, req.user_id] });
     tell_both(
         &ctx.state,
@@ -369,10 +376,14 @@ async fn blacklist_add(ctx: RpcContext, req: BlacklistAdd) -> Result<Empty, ApiE
             format!("user {} is already blocked", req.user_id),
         ));
     };
-    // The blocked user stops seeing the caller's presence at once.
+    // A block hides presence both ways: each stops hearing the other at
+    // once.
     state
         .sessions
         .drop_watchers(caller.user_id, |watcher| watcher != req.user_id);
+    state
+        .sessions
+        .drop_watchers(req.user_id, |watcher| watcher != caller.user_id);
     deliver(
         state,
         caller.user_id,
@@ -554,14 +565,16 @@ async fn user_search(ctx: RpcContext, req: UserSearch) -> Result<UserSearchResul
             break;
         }
     }
-    Ok(UserSearchResults {
-        next_cursor: if exhausted && users.len() < limit as usize {
-            None
-        } else {
-            users.last().map(|u| u.username.to_lowercase()).or(after)
-        },
-        users,
-    })
+    // A full page continues after its last user; a page cut short by the
+    // round limit continues after the last user looked at.
+    let next_cursor = if users.len() >= limit as usize {
+        users.last().map(|u| u.username.to_lowercase())
+    } else if exhausted {
+        None
+    } else {
+        after
+    };
+    Ok(UserSearchResults { next_cursor, users })
 }
 
 /// The lifetime of a code: the asked one, bounded, or the configured default.
