@@ -76,16 +76,21 @@ pub(crate) async fn may_open_document(
     ))
 }
 
+/// A user's privacy settings as stored (fail closed).
+pub(crate) async fn privacy_of(state: &AppState, user: UserId) -> Result<Privacy, ApiError> {
+    Ok(privacy_from(
+        state.storage.social().privacy(user).await?.as_ref(),
+    ))
+}
+
 /// The relation of `a` to `b` and `b`'s privacy settings (fail closed).
 pub(crate) async fn relation_and_privacy(
     state: &AppState,
     a: UserId,
     b: UserId,
 ) -> Result<(Relation, Privacy), ApiError> {
-    let social = state.storage.social();
-    let relation = social.relation(a, b).await?;
-    let privacy = privacy_from(social.privacy(b).await?.as_ref());
-    Ok((relation, privacy))
+    let relation = state.storage.social().relation(a, b).await?;
+    Ok((relation, privacy_of(state, b).await?))
 }
 
 /// May this member write to the channel now (send, forward, react, pin)?
@@ -218,6 +223,11 @@ fn admits(audience: Audience, relation: &Relation) -> bool {
         Audience::Friends => relation.friends,
         Audience::Nobody => false,
     }
+}
+
+/// Refuses anything between two users when either has blocked the other.
+pub(crate) fn not_blocked(relation: &Relation) -> Result<(), ApiError> {
+    blocked(relation).map_or(Ok(()), Err)
 }
 
 fn blocked(relation: &Relation) -> Option<ApiError> {
@@ -423,6 +433,12 @@ pub(crate) fn group_rule(
             format!("a group {} may not do this", role.as_str()),
         ))
     }
+}
+
+/// Whether additions by someone of this standing wait for approval (a
+/// plain member's, when the group asks for approval).
+pub(crate) fn additions_need_approval(actor: Standing, group: &GroupRecord) -> bool {
+    group.join_approval && !matches!(actor, Standing::Member(role) if role >= Role::Admin)
 }
 
 /// The stored invite policy; anything unknown reads as the stricter one.

@@ -65,6 +65,11 @@ pub(super) fn sql_id(raw: u64) -> i64 {
     i64::try_from(raw).unwrap_or(-1)
 }
 
+/// Whether a statement failed on a UNIQUE constraint.
+pub(super) fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
 /// Hands a committed event to the commit stream's consumer, if there is one.
 /// Called with the writer lock held, so events arrive in commit order.
 async fn publish(

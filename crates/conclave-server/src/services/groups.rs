@@ -22,8 +22,8 @@ use serde_json::json;
 
 use crate::api_error::ApiError;
 use crate::permissions::{
-    GroupAction, Standing, group_rule, invite_policy, may_add_to_group, relation_and_privacy,
-    role_of,
+    GroupAction, Standing, additions_need_approval, group_rule, invite_policy, may_add_to_group,
+    relation_and_privacy, role_of,
 };
 use crate::rpc::{Caller, RouteTable, RpcContext};
 use crate::services::accounts::valid_text;
@@ -117,13 +117,18 @@ async fn scope(ctx: &RpcContext, id: GroupId) -> Result<Scope, ApiError> {
     })
 }
 
-/// A member the caller acts on.
-async fn target_member(
+/// The member `user` that the caller acts on with `action`, checked against
+/// the rules with the member's role; and the memberships storage must find
+/// unchanged (the caller's and the member's).
+async fn act_on(
     state: &AppState,
     scope: &Scope,
+    action: GroupAction,
     user: UserId,
-) -> Result<MemberRecord, ApiError> {
-    state
+) -> Result<(MemberRecord, Vec<(UserId, Option<String>)>), ApiError> {
+    // Outsiders learn nothing about the members.
+    scope.allow(GroupAction::View, None)?;
+    let target = state
         .storage
         .messages()
         .member(scope.group.channel_id, user)
@@ -133,7 +138,11 @@ async fn target_member(
                 ErrorCode::NotFound,
                 format!("user {user} is not a member of group {}", scope.group.id),
             )
-        })
+        })?;
+    scope.allow(action, Some(role_of(&target)))?;
+    let mut expect = scope.expect();
+    expect.push((target.user_id, Some(target.role.clone())));
+    Ok((target, expect))
 }
 
 fn settings(group: &GroupRecord) -> GroupSettings {
@@ -390,8 +399,7 @@ async fn member_add(ctx: RpcContext, req: MemberAdd) -> Result<MembersAdded, Api
             ));
         }
     }
-    let moderator = matches!(scope.standing(), Standing::Member(role) if role >= Role::Admin);
-    if scope.group.join_approval && !moderator {
+    if additions_need_approval(scope.standing(), &scope.group) {
         for user in &users {
             request_join(
                 &ctx,
@@ -407,10 +415,7 @@ async fn member_add(ctx: RpcContext, req: MemberAdd) -> Result<MembersAdded, Api
             pending: users,
         });
     }
-    if u64::from(scope.group.member_count) + users.len() as u64 > u64::from(scope.group.member_cap)
-    {
-        return Err(full(&scope.group));
-    }
+    // The cap is checked where the members are added (`group_full`).
     let mut expect = scope.expect();
     expect.extend(users.iter().map(|u| (*u, None)));
     let changed = apply(
@@ -491,12 +496,7 @@ async fn member_remove(ctx: RpcContext, req: MemberRemove) -> Result<Empty, ApiE
             "user_id: to leave a group use group/member/leave",
         ));
     }
-    // Outsiders learn nothing about the members.
-    scope.allow(GroupAction::View, None)?;
-    let target = target_member(&ctx.state, &scope, req.user_id).await?;
-    scope.allow(GroupAction::Kick, Some(role_of(&target)))?;
-    let mut expect = scope.expect();
-    expect.push((target.user_id, Some(target.role.clone())));
+    let (_, expect) = act_on(&ctx.state, &scope, GroupAction::Kick, req.user_id).await?;
     let changed = apply(
         &ctx,
         &scope,
@@ -572,11 +572,7 @@ async fn mute(
     if user == scope.caller.user_id {
         return Err(ApiError::bad_request("user_id: you cannot mute yourself"));
     }
-    scope.allow(GroupAction::View, None)?;
-    let target = target_member(&ctx.state, &scope, user).await?;
-    scope.allow(GroupAction::Mute, Some(role_of(&target)))?;
-    let mut expect = scope.expect();
-    expect.push((target.user_id, Some(target.role.clone())));
+    let (_, expect) = act_on(&ctx.state, &scope, GroupAction::Mute, user).await?;
     let changed = apply(ctx, &scope, expect, GroupChange::Mute { user, until_ms }).await?;
     tell(
         ctx,
@@ -615,16 +611,13 @@ async fn role_set(ctx: RpcContext, req: RoleSet) -> Result<Empty, ApiError> {
             "user_id: you cannot change your own role",
         ));
     }
-    let target = target_member(&ctx.state, &scope, req.user_id).await?;
-    scope.allow(GroupAction::SetRole, Some(role_of(&target)))?;
+    let (target, expect) = act_on(&ctx.state, &scope, GroupAction::SetRole, req.user_id).await?;
     if role_of(&target) == req.role {
         return Err(ApiError::new(
             ErrorCode::Conflict,
             format!("user {} is already a {}", req.user_id, req.role.as_str()),
         ));
     }
-    let mut expect = scope.expect();
-    expect.push((target.user_id, Some(target.role.clone())));
     let changed = apply(
         &ctx,
         &scope,
@@ -652,9 +645,7 @@ async fn transfer_owner(ctx: RpcContext, req: TransferOwner) -> Result<Empty, Ap
     if req.user_id == scope.caller.user_id {
         return Err(ApiError::bad_request("user_id: you own the group already"));
     }
-    let target = target_member(&ctx.state, &scope, req.user_id).await?;
-    let mut expect = scope.expect();
-    expect.push((target.user_id, Some(target.role.clone())));
+    let (_, expect) = act_on(&ctx.state, &scope, GroupAction::TransferOwner, req.user_id).await?;
     let changed = apply(
         &ctx,
         &scope,
@@ -942,9 +933,6 @@ async fn approval_handle(ctx: RpcContext, req: ApprovalHandle) -> Result<Empty, 
         )
         .await?;
         return Ok(Empty {});
-    }
-    if scope.group.member_count >= scope.group.member_cap {
-        return Err(full(&scope.group));
     }
     let mut expect = scope.expect();
     expect.push((request.user_id, None));

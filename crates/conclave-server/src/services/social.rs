@@ -8,11 +8,13 @@ use conclave_core::{ErrorCode, UserId};
 use conclave_protocol::api::account::*;
 use conclave_protocol::api::contacts::*;
 use conclave_protocol::api::{Empty, events};
-use conclave_storage::{FriendRequestRecord, PrivacyRecord, Relation, UserRecord};
+use conclave_storage::{FriendRequestRecord, PrivacyRecord, UserRecord};
 use serde_json::json;
 
 use crate::api_error::ApiError;
-use crate::permissions::{audience_str, may_befriend, may_find, privacy_from};
+use crate::permissions::{
+    audience_str, may_befriend, may_find, not_blocked, privacy_from, privacy_of,
+};
 use crate::rpc::{Caller, RouteTable, RpcContext};
 use crate::services::accounts::valid_text;
 use crate::services::inbox::deliver;
@@ -162,9 +164,7 @@ async fn accept(
     if !relation.b_requested_a {
         return Err(no_request(from));
     }
-    if let Some(err) = blocked_either(&relation) {
-        return Err(err);
-    }
+    not_blocked(&relation)?;
     let now = crate::unix_ms();
     let (channel, _) = state
         .storage
@@ -179,15 +179,6 @@ async fn accept(
     let body = json!({ "request": view, "channel_id": channel.id });
     tell_both(state, caller, events::FRIEND_ACCEPTED, body, from).await?;
     Ok((view, channel.id))
-}
-
-fn blocked_either(relation: &Relation) -> Option<ApiError> {
-    (relation.a_blocked_b || relation.b_blocked_a).then(|| {
-        ApiError::new(
-            ErrorCode::Blocked,
-            "one of you has blocked the other; unblock first",
-        )
-    })
 }
 
 fn no_request(from: UserId) -> ApiError {
@@ -262,7 +253,7 @@ async fn friend_remove(ctx: RpcContext, req: FriendRemove) -> Result<Empty, ApiE
     // Presence shown to friends only is no longer shown to the other, who
     // stops hearing it at once.
     for (watched, watcher) in [(caller.user_id, req.user_id), (req.user_id, caller.user_id)] {
-        if own_privacy(&ctx.state, watched).await?.last_seen != Audience::Everyone {
+        if privacy_of(&ctx.state, watched).await?.last_seen != Audience::Everyone {
             ctx.state.sessions.drop_watchers(watched, |w| w != watcher);
         }
     }
@@ -462,15 +453,9 @@ async fn blacklist_check(ctx: RpcContext, req: BlacklistCheck) -> Result<BlockSt
     })
 }
 
-async fn own_privacy(state: &AppState, user: UserId) -> Result<Privacy, ApiError> {
-    Ok(privacy_from(
-        state.storage.social().privacy(user).await?.as_ref(),
-    ))
-}
-
 async fn privacy_get(ctx: RpcContext, _req: PrivacyGet) -> Result<Privacy, ApiError> {
     let caller = ctx.caller()?;
-    own_privacy(&ctx.state, caller.user_id).await
+    privacy_of(&ctx.state, caller.user_id).await
 }
 
 async fn privacy_update(ctx: RpcContext, req: PrivacyUpdate) -> Result<Privacy, ApiError> {
@@ -481,7 +466,7 @@ async fn privacy_update(ctx: RpcContext, req: PrivacyUpdate) -> Result<Privacy, 
             "direct_messages: `everyone` or `friends`",
         ));
     }
-    let current = own_privacy(state, caller.user_id).await?;
+    let current = privacy_of(state, caller.user_id).await?;
     let updated = Privacy {
         direct_messages: req.direct_messages.unwrap_or(current.direct_messages),
         searchable_by: req.searchable_by.unwrap_or(current.searchable_by),

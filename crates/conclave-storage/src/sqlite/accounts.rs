@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use conclave_core::{DeviceId, UserId};
 
 use super::sql_id as id;
-use super::{BACKEND, SqliteStorage};
+use super::{BACKEND, SqliteStorage, is_unique_violation};
 use crate::metrics::timed;
 use crate::{
     AccountStore, DeviceLogin, DeviceRecord, NewUser, ProfileUpdate, StorageError, UserRecord,
@@ -71,10 +71,6 @@ impl From<DeviceRow> for DeviceRecord {
             revoked_at_ms: row.revoked_at,
         }
     }
-}
-
-fn is_unique_violation(err: &sqlx::Error) -> bool {
-    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
 #[async_trait]

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use conclave_core::{ChannelId, DocumentId, UserId};
 
 use super::sql_id;
-use super::{BACKEND, SqliteStorage};
+use super::{BACKEND, SqliteStorage, is_unique_violation};
 use crate::metrics::timed;
 use crate::{DocumentRecord, DocumentStore, StorageError, StoredDocument};
 
@@ -28,10 +28,6 @@ fn record((id, name, owner_id, channel_id, created_at): DocumentRow) -> Document
         channel_id: channel_id.map(|id| ChannelId::new(id as u64)),
         created_at_ms: created_at,
     }
-}
-
-fn is_unique_violation(err: &sqlx::Error) -> bool {
-    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
 #[async_trait]

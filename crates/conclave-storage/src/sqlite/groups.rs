@@ -53,14 +53,27 @@ fn request_from(row: &SqliteRow) -> Result<JoinRequestRecord, sqlx::Error> {
     })
 }
 
-async fn load_group(tx: &mut Tx<'_>, id: GroupId) -> Result<Option<GroupRecord>, sqlx::Error> {
+/// The live (not dissolved) group whose `key` column (`id` or
+/// `channel_id`) is `value`.
+async fn find_group<'e, E>(
+    executor: E,
+    key: &'static str,
+    value: u64,
+) -> Result<Option<GroupRecord>, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
     let row = sqlx::query(&format!(
-        "SELECT {GROUP_COLUMNS} FROM groups g WHERE g.id = ? AND g.dissolved_at IS NULL"
+        "SELECT {GROUP_COLUMNS} FROM groups g WHERE g.{key} = ? AND g.dissolved_at IS NULL"
     ))
-    .bind(sql_id(id.get()))
-    .fetch_optional(&mut **tx)
+    .bind(sql_id(value))
+    .fetch_optional(executor)
     .await?;
     row.map(|r| group_from(&r)).transpose()
+}
+
+async fn load_group(tx: &mut Tx<'_>, id: GroupId) -> Result<Option<GroupRecord>, sqlx::Error> {
+    find_group(&mut **tx, "id", id.get()).await
 }
 
 async fn role_of(
@@ -216,41 +229,34 @@ impl SqliteStorage {
                 via,
                 request,
             } => {
-                if let Some(request) = request {
-                    let approved = sqlx::query(
-                        "UPDATE group_join_requests SET status = 'approved', handled_at = ?, handled_by = ? \
-                         WHERE id = ? AND group_id = ? AND status = 'pending'",
-                    )
-                    .bind(now_ms)
-                    .bind(sql_id(actor.get()))
-                    .bind(sql_id(request.get()))
-                    .bind(sql_id(group.id.get()))
-                    .execute(&mut **tx)
-                    .await?;
-                    if approved.rows_affected() != 1 {
-                        return Err(StorageError::Conflict(format!(
-                            "join request {request} is not pending"
-                        )));
-                    }
-                }
                 check_cap(
                     member_count(tx, channel).await?,
                     users.len(),
                     group.member_cap,
                 )?;
                 insert_members(tx, channel, &users, "member", now_ms).await?;
-                // Whoever joins is no longer waiting.
+                // Whoever joins is no longer waiting; the request being
+                // approved must be one of those settled here.
+                let mut settled = Vec::new();
                 for user in &users {
-                    sqlx::query(
+                    let ids: Vec<(i64,)> = sqlx::query_as(
                         "UPDATE group_join_requests SET status = 'approved', handled_at = ?, handled_by = ? \
-                         WHERE group_id = ? AND user_id = ? AND status = 'pending'",
+                         WHERE group_id = ? AND user_id = ? AND status = 'pending' RETURNING id",
                     )
                     .bind(now_ms)
                     .bind(sql_id(actor.get()))
                     .bind(sql_id(group.id.get()))
                     .bind(sql_id(user.get()))
-                    .execute(&mut **tx)
+                    .fetch_all(&mut **tx)
                     .await?;
+                    settled.extend(ids.into_iter().map(|(id,)| id));
+                }
+                if let Some(request) = request {
+                    if !settled.contains(&sql_id(request.get())) {
+                        return Err(StorageError::Conflict(format!(
+                            "join request {request} is not pending"
+                        )));
+                    }
                 }
                 let body = json!({
                     "group_id": group.id,
@@ -450,13 +456,7 @@ impl GroupStore for SqliteStorage {
 
     async fn group(&self, id: GroupId) -> Result<Option<GroupRecord>, StorageError> {
         timed(BACKEND, "group", async {
-            let row = sqlx::query(&format!(
-                "SELECT {GROUP_COLUMNS} FROM groups g WHERE g.id = ? AND g.dissolved_at IS NULL"
-            ))
-            .bind(sql_id(id.get()))
-            .fetch_optional(&self.pool)
-            .await?;
-            Ok(row.map(|r| group_from(&r)).transpose()?)
+            Ok(find_group(&self.pool, "id", id.get()).await?)
         })
         .await
     }
@@ -466,13 +466,7 @@ impl GroupStore for SqliteStorage {
         channel: ChannelId,
     ) -> Result<Option<GroupRecord>, StorageError> {
         timed(BACKEND, "group_by_channel", async {
-            let row = sqlx::query(&format!(
-                "SELECT {GROUP_COLUMNS} FROM groups g WHERE g.channel_id = ? AND g.dissolved_at IS NULL"
-            ))
-            .bind(sql_id(channel.get()))
-            .fetch_optional(&self.pool)
-            .await?;
-            Ok(row.map(|r| group_from(&r)).transpose()?)
+            Ok(find_group(&self.pool, "channel_id", channel.get()).await?)
         })
         .await
     }

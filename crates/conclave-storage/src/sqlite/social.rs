@@ -7,7 +7,7 @@ use sqlx::sqlite::SqliteRow;
 
 use super::messaging::Tx;
 use super::sql_id;
-use super::{BACKEND, SqliteStorage};
+use super::{BACKEND, SqliteStorage, is_unique_violation};
 use crate::metrics::timed;
 use crate::{
     FriendRecord, FriendRequestRecord, PrivacyRecord, Relation, SearchCandidate, SocialStore,
@@ -103,10 +103,6 @@ async fn close_pending(
     .fetch_optional(&mut **tx)
     .await?;
     row.map(|r| request_from(&r)).transpose()
-}
-
-fn is_unique_violation(err: &sqlx::Error) -> bool {
-    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
 #[async_trait]
