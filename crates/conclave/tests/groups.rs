@@ -49,16 +49,9 @@ struct Env {
 impl Env {
     fn start() -> Env {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let config = dir.path().join("conclave.toml");
-        let text = format!(
-            "[auth]\npassword_hash_memory_kib = 64\npassword_hash_iterations = 1\n\n\
-             [limits]\nrequests_per_ip_per_sec = 100000\nrequests_per_ip_burst = 100000\n\
-             requests_per_user_per_sec = 100000\nrequests_per_user_burst = 100000\n\n\
-             [messaging]\ngroup_member_cap_max = {CAP_MAX}\n"
-        );
-        std::fs::write(&config, text).expect("write the config file");
-        let config = config.to_str().expect("a UTF-8 path").to_owned();
-        let server = Server::start(dir.path(), &["--config", &config, "--data-dir", "d"]);
+        let extra = format!("[messaging]\ngroup_member_cap_max = {CAP_MAX}\n");
+        let config = support::write_config(dir.path(), &extra);
+        let server = support::start_server(dir.path(), &config);
         Env { server, _dir: dir }
     }
 

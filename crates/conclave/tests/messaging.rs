@@ -8,7 +8,7 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ use conclave_client::api::messaging::{
 use conclave_client::{ClientError, Connection, Encoding, Event, HttpClient};
 use conclave_core::{ChannelId, MessageId, UserId};
 use serde_json::json;
-use support::Server;
+use support::{Server, start_server, write_config};
 
 const PASSWORD: &str = "correct horse battery staple";
 /// How long a test waits for something that should happen promptly.
@@ -32,39 +32,6 @@ const QUIET_PERIOD: Duration = Duration::from_millis(500);
 
 // ---------------------------------------------------------------------------
 // Harness
-
-/// Fast password hashing and rate limits out of the way (these tests make
-/// hundreds of requests from one address), plus `extra` TOML.
-fn write_config(dir: &Path, extra: &str) -> PathBuf {
-    let path = dir.join("conclave.toml");
-    let text = format!(
-        "[auth]\n\
-         password_hash_memory_kib = 64\n\
-         password_hash_iterations = 1\n\
-         \n\
-         [limits]\n\
-         requests_per_ip_per_sec = 100000\n\
-         requests_per_ip_burst = 100000\n\
-         requests_per_user_per_sec = 100000\n\
-         requests_per_user_burst = 100000\n\
-         \n\
-         {extra}"
-    );
-    std::fs::write(&path, text).expect("write the config file");
-    path
-}
-
-fn start_server(dir: &Path, config: &Path) -> Server {
-    Server::start(
-        dir,
-        &[
-            "--config",
-            config.to_str().expect("a UTF-8 path"),
-            "--data-dir",
-            "d",
-        ],
-    )
-}
 
 /// A test's server and its directory (kept until the test ends).
 struct Env {

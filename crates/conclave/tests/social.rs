@@ -39,17 +39,6 @@ const QUIET_PERIOD: Duration = Duration::from_millis(500);
 // ---------------------------------------------------------------------------
 // Harness
 
-/// Fast password hashing and rate limits out of the way.
-const CONFIG: &str = "[auth]\n\
-    password_hash_memory_kib = 64\n\
-    password_hash_iterations = 1\n\
-    \n\
-    [limits]\n\
-    requests_per_ip_per_sec = 100000\n\
-    requests_per_ip_burst = 100000\n\
-    requests_per_user_per_sec = 100000\n\
-    requests_per_user_burst = 100000\n";
-
 /// A test's server and its directory (the server is stopped first).
 struct Env {
     server: Server,
@@ -59,10 +48,8 @@ struct Env {
 impl Env {
     fn start() -> Env {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let config = dir.path().join("conclave.toml");
-        std::fs::write(&config, CONFIG).expect("write the config file");
-        let config = config.to_str().expect("a UTF-8 path");
-        let server = Server::start(dir.path(), &["--config", config, "--data-dir", "d"]);
+        let config = support::write_config(dir.path(), "");
+        let server = support::start_server(dir.path(), &config);
         Env { server, _dir: dir }
     }
 

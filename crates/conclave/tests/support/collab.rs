@@ -2,7 +2,7 @@
 //! tests: fast password hashing, rate limits out of the way, helpers for
 //! the `doc/*` routes.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use conclave_client::HttpClient;
 use conclave_client::api::account::AuthGrant;
@@ -10,7 +10,7 @@ use conclave_client::api::documents::{DocCreate, DocScope, DocToken, DocumentVie
 use conclave_client::api::messaging::DirectGetOrCreate;
 use conclave_core::ChannelId;
 
-use super::Server;
+use super::{Server, start_server, write_config};
 
 pub const PASSWORD: &str = "correct horse battery staple";
 
@@ -99,35 +99,4 @@ impl CollabEnv {
             .unwrap_or_else(|err| panic!("doc/token {name}: {err}"))
             .token
     }
-}
-
-fn write_config(dir: &Path, extra: &str) -> PathBuf {
-    let path = dir.join("conclave.toml");
-    let text = format!(
-        "[auth]\n\
-         password_hash_memory_kib = 64\n\
-         password_hash_iterations = 1\n\
-         \n\
-         [limits]\n\
-         requests_per_ip_per_sec = 100000\n\
-         requests_per_ip_burst = 100000\n\
-         requests_per_user_per_sec = 100000\n\
-         requests_per_user_burst = 100000\n\
-         \n\
-         {extra}"
-    );
-    std::fs::write(&path, text).expect("write the config file");
-    path
-}
-
-fn start_server(dir: &Path, config: &Path) -> Server {
-    Server::start(
-        dir,
-        &[
-            "--config",
-            config.to_str().expect("a UTF-8 path"),
-            "--data-dir",
-            "d",
-        ],
-    )
 }

@@ -207,3 +207,38 @@ pub fn client() -> reqwest::Client {
         .build()
         .unwrap()
 }
+
+/// A configuration file (`dir/conclave.toml`) for tests that make many
+/// requests from one address: fast password hashing and rate limits out of
+/// the way, plus `extra` TOML.
+pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
+    let path = dir.join("conclave.toml");
+    let text = format!(
+        "[auth]\n\
+         password_hash_memory_kib = 64\n\
+         password_hash_iterations = 1\n\
+         \n\
+         [limits]\n\
+         requests_per_ip_per_sec = 100000\n\
+         requests_per_ip_burst = 100000\n\
+         requests_per_user_per_sec = 100000\n\
+         requests_per_user_burst = 100000\n\
+         \n\
+         {extra}"
+    );
+    std::fs::write(&path, text).expect("write the config file");
+    path
+}
+
+/// A server in `dir` on `config`, keeping its data in `dir/d`.
+pub fn start_server(dir: &Path, config: &Path) -> Server {
+    Server::start(
+        dir,
+        &[
+            "--config",
+            config.to_str().expect("a UTF-8 path"),
+            "--data-dir",
+            "d",
+        ],
+    )
+}
