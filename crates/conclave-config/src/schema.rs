@@ -301,6 +301,12 @@ pub struct ClusterConfig {
     pub redis_url: Option<SecretUrl>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nats_url: Option<SecretUrl>,
+    /// Prefix of every Redis key and bus channel/subject, so several
+    /// clusters can share one Redis or NATS.
+    pub namespace: String,
+    /// A node's sessions count as gone when it has not refreshed them for
+    /// this long (it heartbeats three times per TTL).
+    pub heartbeat_ttl_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -309,6 +315,8 @@ impl Default for ClusterConfig {
             bus: BusKind::Local,
             redis_url: None,
             nats_url: None,
+            namespace: "conclave".to_owned(),
+            heartbeat_ttl_ms: 15_000,
         }
     }
 }

@@ -247,7 +247,46 @@ pub(crate) fn validate(config: &Config) -> Vec<(String, String)> {
             if let Err(reason) = bus_url(&cluster.nats_url, &["nats", "tls"]) {
                 fail("cluster.nats_url", reason);
             }
+            // The presence and session directory lives in Redis.
+            if let Err(reason) = bus_url(&cluster.redis_url, &["redis", "rediss"]) {
+                fail(
+                    "cluster.redis_url",
+                    format!("{reason} (the presence directory lives in Redis)"),
+                );
+            }
         }
+    }
+    if cluster.bus != BusKind::Local {
+        if config.auth.token_signing_key.is_none() {
+            fail(
+                "auth.token_signing_key",
+                "is required when cluster.bus is not local: every node must sign tokens with the same key".to_owned(),
+            );
+        }
+        if config.database_url().scheme().as_deref() == Some("sqlite") {
+            fail(
+                "database.url",
+                "must be a shared postgres:// database when cluster.bus is not local".to_owned(),
+            );
+        }
+    }
+    if !(1_000..=600_000).contains(&cluster.heartbeat_ttl_ms) {
+        fail(
+            "cluster.heartbeat_ttl_ms",
+            "must be between 1000 and 600000".to_owned(),
+        );
+    }
+    let namespace_ok = !cluster.namespace.is_empty()
+        && cluster.namespace.len() <= 64
+        && cluster
+            .namespace
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !namespace_ok {
+        fail(
+            "cluster.namespace",
+            "must be 1 to 64 letters, digits, `_` or `-`".to_owned(),
+        );
     }
     errors
 }

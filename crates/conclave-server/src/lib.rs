@@ -8,6 +8,7 @@
 
 mod admin;
 mod api_error;
+mod cluster;
 mod collab;
 mod fanout;
 mod http;
@@ -33,7 +34,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use conclave_config::Config;
-use conclave_storage::{SqliteOptions, Storage};
+use conclave_storage::{OpenOptions, PostgresOptions, SqliteOptions, Storage};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -98,10 +99,16 @@ pub async fn open_storage(config: &Config) -> anyhow::Result<Arc<dyn Storage>> {
     if url.scheme().as_deref() == Some("sqlite") && config.database.url.is_none() {
         create_private_dir(&config.data_dir)?;
     }
-    let options = SqliteOptions {
-        max_connections: config.database.max_connections,
-        busy_timeout_ms: config.database.busy_timeout_ms,
-        acquire_timeout_ms: config.database.acquire_timeout_ms,
+    let options = OpenOptions {
+        sqlite: SqliteOptions {
+            max_connections: config.database.max_connections,
+            busy_timeout_ms: config.database.busy_timeout_ms,
+            acquire_timeout_ms: config.database.acquire_timeout_ms,
+        },
+        postgres: PostgresOptions {
+            max_connections: config.database.max_connections,
+            acquire_timeout_ms: config.database.acquire_timeout_ms,
+        },
     };
     conclave_storage::open(url.expose(), options)
         .await
@@ -140,6 +147,9 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
     ));
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
+    let mut cluster =
+        cluster::Cluster::start(&config, metrics.bus_dropped.clone(), shutdown.clone()).await?;
+    let (session_changes, session_changes_rx) = cluster.changes.take().unzip();
     let state = AppState::new(
         config.clone(),
         storage.clone(),
@@ -151,6 +161,10 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         },
         shutdown.clone(),
         tasks.clone(),
+        cluster::ClusterLink {
+            cluster: cluster.cluster.clone(),
+            session_changes,
+        },
     );
     rpc::register_metrics();
 
@@ -246,7 +260,28 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         .messages()
         .commits()
         .context("the storage commit stream was already taken")?;
-    tasks.spawn(fanout::run(state.clone(), commits));
+    // One node on SQLite commits each channel's events in order, so its
+    // fan-out needs no sequencing; anything else may reorder.
+    let sequencer = if !cluster.cluster.is_clustered() && storage.backend() == "sqlite" {
+        conclave_cluster::Sequencer::passthrough()
+    } else {
+        conclave_cluster::Sequencer::new()
+    };
+    tasks.spawn(cluster.take_publisher(shutdown.clone()));
+    if let Some(changes) = session_changes_rx {
+        tasks.spawn(cluster::run_directory(
+            cluster.cluster.clone(),
+            state.sessions.clone(),
+            changes,
+            shutdown.clone(),
+        ));
+    }
+    tasks.spawn(fanout::run(
+        state.clone(),
+        commits,
+        cluster.inbound,
+        sequencer,
+    ));
 
     let pruned = state.clone();
     let stop = shutdown.clone();

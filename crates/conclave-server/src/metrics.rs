@@ -3,7 +3,8 @@
 //! layer's database histograms).
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, TextEncoder,
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    TextEncoder,
 };
 
 /// Request latency buckets: 100 µs to 10 s.
@@ -22,6 +23,7 @@ pub(crate) struct Metrics {
     pub requests: IntCounterVec,
     pub request_duration: HistogramVec,
     pub documents_open: IntGauge,
+    pub bus_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -83,6 +85,12 @@ impl Metrics {
         )
         .expect("valid metric");
 
+        let bus_dropped = IntCounter::new(
+            "conclave_cluster_bus_dropped_total",
+            "Messages to other nodes dropped because the cluster bus was backed up or down.",
+        )
+        .expect("valid metric");
+
         // Several servers in one process (tests) share the registry: the
         // first registration wins and later ones reuse its series.
         let registry = prometheus::default_registry();
@@ -92,6 +100,7 @@ impl Metrics {
         let _ = registry.register(Box::new(requests.clone()));
         let _ = registry.register(Box::new(request_duration.clone()));
         let _ = registry.register(Box::new(documents_open.clone()));
+        let _ = registry.register(Box::new(bus_dropped.clone()));
         conclave_storage::register_metrics();
         Self {
             connections,
@@ -99,6 +108,7 @@ impl Metrics {
             requests,
             request_duration,
             documents_open,
+            bus_dropped,
         }
     }
 

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
+use conclave_cluster::SessionEntry;
 use conclave_core::{ChannelId, DeviceId, ErrorCode, UserId};
 use conclave_protocol::api::EventPayload;
 use conclave_protocol::{Frame, FrameType};
@@ -30,6 +31,18 @@ pub(crate) struct PushEvent {
 
 impl PushEvent {
     pub fn new(name: &'static str, body: serde_json::Value) -> Arc<Self> {
+        Arc::new(Self {
+            name: name.into(),
+            channel_id: None,
+            pts: None,
+            body,
+            json_text: OnceLock::new(),
+            frame: OnceLock::new(),
+        })
+    }
+
+    /// An event whose name arrived at run time (from another node).
+    pub fn named(name: String, body: serde_json::Value) -> Arc<Self> {
         Arc::new(Self {
             name: name.into(),
             channel_id: None,
@@ -163,6 +176,14 @@ impl SessionHandle {
     }
 }
 
+fn entry_of(session: &SessionHandle) -> SessionEntry {
+    SessionEntry {
+        session: session.id,
+        user: session.user_id,
+        device: session.device_id,
+    }
+}
+
 /// Queues an event to one session; a full queue disconnects the session
 /// (it catches up by sync), so one slow reader never blocks the others.
 fn deliver(session: &SessionHandle, event: &Arc<PushEvent>) -> bool {
@@ -233,21 +254,59 @@ struct Registry {
 /// but not the whole directory.
 pub(crate) const PRESENCE_WATCH_MAX: usize = 2_000;
 
+/// A session starting or ending, reported to the cluster (directory and
+/// presence across nodes).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum SessionChange {
+    Opened { entry: SessionEntry, first: bool },
+    Closed { entry: SessionEntry, last: bool },
+}
+
 pub(crate) struct SessionManager {
     registry: Mutex<Registry>,
     next_id: AtomicU64,
     queue_frames: usize,
     connections: prometheus::IntGaugeVec,
+    /// Set when other nodes may exist. Then a user's last session ending
+    /// here is not announced as "offline" by this registry: the cluster does
+    /// it, after checking the user is not connected elsewhere.
+    changes: Option<mpsc::UnboundedSender<SessionChange>>,
 }
 
 impl SessionManager {
-    pub fn new(queue_frames: usize, connections: prometheus::IntGaugeVec) -> Arc<Self> {
+    pub fn new(
+        queue_frames: usize,
+        connections: prometheus::IntGaugeVec,
+        changes: Option<mpsc::UnboundedSender<SessionChange>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             registry: Mutex::new(Registry::default()),
             next_id: AtomicU64::new(1),
             queue_frames: queue_frames.max(1),
             connections,
+            changes,
         })
+    }
+
+    fn report(&self, change: SessionChange) {
+        if let Some(changes) = &self.changes {
+            // Fails only once the cluster worker stopped (shutdown).
+            let _ = changes.send(change);
+        }
+    }
+
+    /// Tells this node's watchers of `user` that it went online or offline
+    /// (a change seen on another node, or settled by the cluster).
+    pub fn announce_presence(&self, user: UserId, online: bool, at_ms: i64) {
+        let watchers = self.lock().watcher_sessions(user);
+        if !watchers.is_empty() {
+            announce(&watchers, user, online, at_ms);
+        }
+    }
+
+    /// Every session on this node, for directory heartbeats.
+    pub fn entries(&self) -> Vec<SessionEntry> {
+        self.lock().by_id.values().map(|s| entry_of(s)).collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
@@ -275,19 +334,23 @@ impl SessionManager {
             close_after_reply: Mutex::new(None),
             live: std::sync::atomic::AtomicBool::new(!hold_events),
         });
-        let watchers = {
+        let (first, watchers) = {
             let mut registry = self.lock();
             registry.by_id.insert(handle.id, handle.clone());
             let sessions = registry.by_user.entry(user_id).or_default();
             sessions.push(handle.id);
             // The first session brings the user online.
             if sessions.len() == 1 {
-                registry.watcher_sessions(user_id)
+                (true, registry.watcher_sessions(user_id))
             } else {
-                Vec::new()
+                (false, Vec::new())
             }
         };
         self.connections.with_label_values(&[transport]).inc();
+        self.report(SessionChange::Opened {
+            entry: entry_of(&handle),
+            first,
+        });
         if !watchers.is_empty() {
             announce(&watchers, user_id, true, crate::unix_ms());
         }
@@ -299,7 +362,7 @@ impl SessionManager {
     }
 
     fn remove(&self, handle: &SessionHandle) {
-        let watchers = {
+        let (went_offline, watchers) = {
             let mut registry = self.lock();
             if registry.by_id.remove(&handle.id).is_some() {
                 self.connections
@@ -324,12 +387,17 @@ impl SessionManager {
                     went_offline = true;
                 }
             }
-            if went_offline {
+            let watchers = if went_offline && self.changes.is_none() {
                 registry.watcher_sessions(handle.user_id)
             } else {
                 Vec::new()
-            }
+            };
+            (went_offline, watchers)
         };
+        self.report(SessionChange::Closed {
+            entry: entry_of(handle),
+            last: went_offline,
+        });
         if !watchers.is_empty() {
             announce(&watchers, handle.user_id, false, crate::unix_ms());
         }
@@ -427,9 +495,19 @@ impl SessionManager {
     /// Queues `event` to every session of `user` except `except`. A session
     /// whose queue is full is disconnected (it will resync).
     pub fn push_to_user(&self, user: UserId, event: &Arc<PushEvent>, except: Option<u64>) -> usize {
+        self.push_to_user_where(user, event, |session| Some(session.id) != except)
+    }
+
+    /// Queues `event` to the sessions of `user` that `keep` accepts.
+    pub fn push_to_user_where(
+        &self,
+        user: UserId,
+        event: &Arc<PushEvent>,
+        keep: impl Fn(&SessionHandle) -> bool,
+    ) -> usize {
         let mut delivered = 0;
         for session in self.sessions_of(user) {
-            if Some(session.id) == except {
+            if !keep(&session) {
                 continue;
             }
             match session.events.try_send(event.clone()) {

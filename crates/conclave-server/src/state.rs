@@ -8,6 +8,7 @@ use conclave_storage::Storage;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cluster::{Cluster, ClusterLink};
 use crate::collab::DocumentRooms;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimits;
@@ -36,6 +37,8 @@ pub(crate) struct Inner {
     pub routes: RouteTable,
     pub rate_limits: RateLimits,
     pub sessions: Arc<SessionManager>,
+    /// This node among the others (a no-op on a single node).
+    pub cluster: Arc<Cluster>,
     /// The collaborative documents open now.
     pub documents: DocumentRooms,
     /// Cancelled when the server starts shutting down.
@@ -53,10 +56,16 @@ impl AppState {
         identity: ServerIdentity,
         shutdown: CancellationToken,
         tasks: TaskTracker,
+        cluster: ClusterLink,
     ) -> Self {
+        let ClusterLink {
+            cluster,
+            session_changes,
+        } = cluster;
         let sessions = SessionManager::new(
             config.limits.session_send_queue_frames as usize,
             metrics.connections.clone(),
+            session_changes,
         );
         let documents =
             DocumentRooms::new(&config.documents, config.limits.session_send_queue_frames);
@@ -65,6 +74,7 @@ impl AppState {
             documents,
             routes: RouteTable::new(),
             sessions,
+            cluster,
             config,
             storage,
             metrics,

@@ -657,6 +657,40 @@ pub async fn inbox_events_get_contiguous_pts_per_user(storage: Arc<dyn Storage>)
     assert!(matches!(missing, Err(StorageError::NotFound(_))));
 }
 
+pub async fn concurrent_inbox_appends_stay_contiguous(storage: Arc<dyn Storage>) {
+    let (a, b) = (user(&storage, "ann").await, user(&storage, "ben").await);
+    let mut tasks = Vec::new();
+    for i in 0..32u32 {
+        let storage = storage.clone();
+        let owner = if i % 4 == 3 { b } else { a };
+        tasks.push(tokio::spawn(async move {
+            let event = storage
+                .inbox()
+                .append_inbox(owner, "device/added", &format!("{{\"n\":{i}}}"), 10)
+                .await
+                .unwrap();
+            (owner, event.pts)
+        }));
+    }
+    let mut for_a = Vec::new();
+    for task in tasks {
+        let (owner, pts) = task.await.unwrap();
+        if owner == a {
+            for_a.push(pts);
+        }
+    }
+    for_a.sort_unstable();
+    assert_eq!(for_a, (1..=24).collect::<Vec<u64>>(), "no holes, no reuse");
+    let (events, head) = storage.inbox().inbox_after(a, 0, 100).await.unwrap();
+    assert_eq!(head, 24);
+    assert_eq!(
+        events.iter().map(|e| e.pts).collect::<Vec<_>>(),
+        (1..=24).collect::<Vec<u64>>()
+    );
+    let (_, head) = storage.inbox().inbox_after(b, 0, 100).await.unwrap();
+    assert_eq!(head, 8, "each user counts on its own");
+}
+
 pub async fn concurrent_sends_stay_exact_when_some_are_refused(storage: Arc<dyn Storage>) {
     let (a, b) = (user(&storage, "ann").await, user(&storage, "ben").await);
     let outsider = user(&storage, "cat").await;
@@ -1413,6 +1447,7 @@ macro_rules! conformance_tests {
             revoked_content_is_erased_everywhere,
             the_conversation_list_orders_pins_and_hides,
             inbox_events_get_contiguous_pts_per_user,
+            concurrent_inbox_appends_stay_contiguous,
             concurrent_sends_stay_exact_when_some_are_refused,
             documents_have_unique_names_and_an_optional_channel,
             document_updates_get_contiguous_seqs_and_load_in_order,

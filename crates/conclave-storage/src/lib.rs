@@ -1,9 +1,11 @@
 //! Conclave's storage layer.
 //!
 //! The server talks to storage only through the traits in this crate, one
-//! per concern. Each backend (SQLite now, PostgreSQL later) implements all
-//! of them and must pass the same [`conformance`] suite; migrations are
-//! append-only SQL files under `migrations/<backend>/`.
+//! per concern. Two backends implement all of them: embedded SQLite (the
+//! default, for a single server process) and PostgreSQL (for several server
+//! processes sharing one database). Both must pass the same
+//! [`conformance`] suite; each has its own append-only migrations, SQL files
+//! under `migrations/<backend>/`.
 
 mod accounts;
 pub mod conformance;
@@ -14,6 +16,7 @@ mod inbox;
 mod messaging;
 mod metrics;
 pub use metrics::register as register_metrics;
+mod postgres;
 mod social;
 mod sqlite;
 
@@ -32,6 +35,7 @@ pub use messaging::{
     Audience, ChannelKind, ChannelRecord, ChannelSummary, Committed, EventRecord, MemberFlag,
     MemberRecord, MessageRecord, MessageStore, NewMessage, ReactionOp, SendOutcome,
 };
+pub use postgres::{PostgresOptions, PostgresStorage};
 pub use social::{
     FriendRecord, FriendRequestRecord, PrivacyRecord, Relation, SearchCandidate, SocialStore,
 };
@@ -95,19 +99,25 @@ pub trait MetaStore: Send + Sync {
     ) -> Result<String, StorageError>;
 }
 
-/// Opens the backend named by `url`'s scheme and brings its schema up to
-/// date.
-pub async fn open(url: &str, options: SqliteOptions) -> Result<Arc<dyn Storage>, StorageError> {
+/// Tuning for whichever backend [`open`] picks; the other's is ignored.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    pub sqlite: SqliteOptions,
+    pub postgres: PostgresOptions,
+}
+
+/// Opens the backend named by `url`'s scheme (`sqlite://`, `postgres://` or
+/// `postgresql://`) and brings its schema up to date.
+pub async fn open(url: &str, options: OpenOptions) -> Result<Arc<dyn Storage>, StorageError> {
     let scheme = url
         .split(':')
         .next()
         .unwrap_or_default()
         .to_ascii_lowercase();
     match scheme.as_str() {
-        "sqlite" => Ok(Arc::new(SqliteStorage::open(url, options).await?)),
-        "postgres" | "postgresql" => Err(StorageError::Unsupported(
-            "the PostgreSQL backend is not part of this build yet; use the embedded SQLite default"
-                .to_owned(),
+        "sqlite" => Ok(Arc::new(SqliteStorage::open(url, options.sqlite).await?)),
+        "postgres" | "postgresql" => Ok(Arc::new(
+            PostgresStorage::open(url, options.postgres).await?,
         )),
         other => Err(StorageError::Unsupported(format!(
             "unknown database scheme `{other}` (expected sqlite:// or postgres://)"

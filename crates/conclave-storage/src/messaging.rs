@@ -2,9 +2,8 @@
 //!
 //! Every change to a channel is an event with the channel's next `pts`,
 //! allocated in the transaction that stores it. Committed events are also
-//! sent, in commit order, to the stream returned by
-//! [`MessageStore::commits`], which feeds live fan-out (and, later, the
-//! cluster bus).
+//! sent to the stream returned by [`MessageStore::commits`], which feeds
+//! live fan-out and, through it, the cluster bus.
 
 use async_trait::async_trait;
 use conclave_core::{ChannelId, DeviceId, MessageId, UserId};
@@ -156,7 +155,10 @@ pub enum ReactionOp {
 
 #[async_trait]
 pub trait MessageStore: Send + Sync {
-    /// The stream of committed events, in commit order. It can be taken once.
+    /// The stream of events this process committed, each once, after its
+    /// commit. SQLite sends them in commit order; PostgreSQL's concurrent
+    /// transactions may send a channel's events slightly out of pts order.
+    /// It can be taken once.
     fn commits(&self) -> Option<tokio::sync::mpsc::Receiver<Committed>>;
 
     /// The direct channel between two users, created (with both as members)

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use conclave_storage::{SqliteOptions, Storage};
+use conclave_storage::{OpenOptions, Storage};
 
 async fn fresh() -> Option<Arc<dyn Storage>> {
     let dir = tempfile::tempdir().unwrap();
@@ -11,7 +11,7 @@ async fn fresh() -> Option<Arc<dyn Storage>> {
     // The directory must outlive the store; leak it for the test's duration.
     std::mem::forget(dir);
     Some(
-        conclave_storage::open(&url, SqliteOptions::default())
+        conclave_storage::open(&url, OpenOptions::default())
             .await
             .unwrap(),
     )
@@ -23,7 +23,7 @@ conclave_storage::conformance_tests!(fresh().await);
 async fn reopening_keeps_data_and_does_not_rerun_migrations() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("c.db").display());
-    let store = conclave_storage::open(&url, SqliteOptions::default())
+    let store = conclave_storage::open(&url, OpenOptions::default())
         .await
         .unwrap();
     store
@@ -41,7 +41,7 @@ async fn reopening_keeps_data_and_does_not_rerun_migrations() {
         "a clean close leaves no WAL content behind"
     );
 
-    let store = conclave_storage::open(&url, SqliteOptions::default())
+    let store = conclave_storage::open(&url, OpenOptions::default())
         .await
         .unwrap();
     assert_eq!(
@@ -61,7 +61,7 @@ async fn reopening_keeps_data_and_does_not_rerun_migrations() {
 async fn a_database_from_a_newer_build_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("c.db").display());
-    let store = conclave_storage::open(&url, SqliteOptions::default())
+    let store = conclave_storage::open(&url, OpenOptions::default())
         .await
         .unwrap();
     store.close().await;
@@ -70,7 +70,7 @@ async fn a_database_from_a_newer_build_is_refused() {
         insert_future_migration(dir.path().join("c.db")).await,
         "could not tamper with the migrations table"
     );
-    let err = conclave_storage::open(&url, SqliteOptions::default())
+    let err = conclave_storage::open(&url, OpenOptions::default())
         .await
         .err();
     assert!(
@@ -81,7 +81,7 @@ async fn a_database_from_a_newer_build_is_refused() {
 
 #[tokio::test]
 async fn unknown_schemes_are_refused_with_a_clear_reason() {
-    let err = conclave_storage::open("mysql://x", SqliteOptions::default())
+    let err = conclave_storage::open("mysql://x", OpenOptions::default())
         .await
         .err()
         .unwrap();

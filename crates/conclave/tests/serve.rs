@@ -337,7 +337,7 @@ async fn sigterm_under_load_drains_and_exits_zero_within_the_deadline() {
     assert_eq!(wal_len, 0, "clean shutdown checkpoints the WAL");
     let storage = conclave_storage::open(
         &format!("sqlite://{}", db.display()),
-        conclave_storage::SqliteOptions::default(),
+        conclave_storage::OpenOptions::default(),
     )
     .await
     .unwrap();

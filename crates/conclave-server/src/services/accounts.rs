@@ -162,9 +162,12 @@ async fn user_update(ctx: RpcContext, req: UserUpdate) -> Result<UserProfile, Ap
         events::USER_UPDATED,
         serde_json::to_value(&shown).unwrap_or_default(),
     );
-    ctx.state
-        .sessions
-        .push_to_user(caller.user_id, &event, caller.session_id);
+    ctx.state.cluster.push_to_user(
+        &ctx.state.sessions,
+        caller.user_id,
+        &event,
+        caller.session_id,
+    );
     Ok(shown)
 }
 
@@ -176,20 +179,23 @@ async fn device_list(ctx: RpcContext, _req: DeviceList) -> Result<DeviceListResp
         .accounts()
         .devices_of(caller.user_id)
         .await?;
-    Ok(DeviceListResponse {
-        devices: devices
-            .iter()
-            .map(|device| DeviceInfo {
-                device_id: device.id,
-                name: device.name.clone(),
-                created_at_ms: device.created_at_ms,
-                last_seen_at_ms: device.last_seen_at_ms,
-                current: device.id == caller.device_id,
-                has_noise_key: device.noise_public_key.is_some(),
-                online_sessions: ctx.state.sessions.device_session_count(device.id),
-            })
-            .collect(),
-    })
+    let mut listed = Vec::with_capacity(devices.len());
+    for device in &devices {
+        listed.push(DeviceInfo {
+            device_id: device.id,
+            name: device.name.clone(),
+            created_at_ms: device.created_at_ms,
+            last_seen_at_ms: device.last_seen_at_ms,
+            current: device.id == caller.device_id,
+            has_noise_key: device.noise_public_key.is_some(),
+            online_sessions: ctx
+                .state
+                .cluster
+                .device_session_count(&ctx.state.sessions, device.id)
+                .await,
+        });
+    }
+    Ok(DeviceListResponse { devices: listed })
 }
 
 async fn device_revoke(ctx: RpcContext, req: DeviceRevoke) -> Result<DevicesEnded, ApiError> {
@@ -270,8 +276,8 @@ async fn end_devices(
         (ErrorCode::SessionKicked, "this device was signed out")
     };
     state
-        .sessions
-        .close_devices(&ended, code, message, caller.session_id);
+        .cluster
+        .close_devices(&state.sessions, &ended, code, message, caller.session_id);
     let body = serde_json::json!({ "device_ids": ended, "revoked": revoke });
     crate::services::inbox::deliver(
         state,

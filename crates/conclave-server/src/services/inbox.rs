@@ -33,9 +33,12 @@ pub(crate) async fn deliver(
         .append_inbox(user, kind, &body.to_string(), crate::unix_ms())
         .await?;
     let entry = serde_json::to_value(entry(&stored)).unwrap_or_default();
-    state
-        .sessions
-        .push_to_user(user, &PushEvent::new(events::INBOX_NEW, entry), except);
+    state.cluster.push_to_user(
+        &state.sessions,
+        user,
+        &PushEvent::new(events::INBOX_NEW, entry),
+        except,
+    );
     Ok(())
 }
 

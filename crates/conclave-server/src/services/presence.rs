@@ -86,14 +86,15 @@ async fn typing(ctx: RpcContext, req: Typing) -> Result<Empty, ApiError> {
             "state": req.state,
         }),
     );
-    for member in members {
-        // The typist's own other devices do not need to hear it.
-        if member.user_id != caller.user_id {
-            ctx.state
-                .sessions
-                .push_to_user(member.user_id, &event, None);
-        }
-    }
+    // The typist's own other devices do not need to hear it.
+    let others: Vec<UserId> = members
+        .into_iter()
+        .map(|m| m.user_id)
+        .filter(|user| *user != caller.user_id)
+        .collect();
+    ctx.state
+        .cluster
+        .push_to_users(&ctx.state.sessions, &others, &event, None);
     Ok(Empty {})
 }
 
@@ -142,7 +143,7 @@ async fn status(
             last_seen_ms: None,
         });
     }
-    let online = state.sessions.is_online(user);
+    let online = state.cluster.is_online(&state.sessions, user).await;
     let last_seen_ms = if online {
         Some(crate::unix_ms())
     } else {

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test file uses a different part of this module
 
 pub mod collab;
+pub mod postgres;
 
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
@@ -211,7 +212,25 @@ pub fn client() -> reqwest::Client {
 /// A configuration file (`dir/conclave.toml`) for tests that make many
 /// requests from one address: fast password hashing and rate limits out of
 /// the way, plus `extra` TOML.
+///
+/// With `CONCLAVE_TEST_BACKEND=postgres` (and `CONCLAVE_TEST_POSTGRES_URL`)
+/// the server keeps its data in a fresh PostgreSQL database instead of
+/// SQLite, so the same black-box suites run against both backends.
 pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
+    let extra = match std::env::var("CONCLAVE_TEST_BACKEND").as_deref() {
+        Ok("postgres") => {
+            let url = postgres::fresh_database()
+                .expect("CONCLAVE_TEST_BACKEND=postgres needs CONCLAVE_TEST_POSTGRES_URL");
+            format!("{extra}\n[database]\nurl = \"{url}\"\n")
+        }
+        _ => extra.to_owned(),
+    };
+    write_fast_config(dir, &extra)
+}
+
+/// [`write_config`] without the backend switch: `extra` alone chooses the
+/// database.
+pub fn write_fast_config(dir: &Path, extra: &str) -> PathBuf {
     let path = dir.join("conclave.toml");
     let text = format!(
         "[auth]\n\
