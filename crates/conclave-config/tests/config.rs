@@ -102,6 +102,10 @@ fn env_values_are_typed_by_the_schema() {
         ("CONCLAVE_CLUSTER__BUS", "redis"),
         ("REDIS_URL", "redis://:pw@127.0.0.1:6379"),
         ("DATABASE_URL", "postgres://u:pw@db/conclave"),
+        (
+            "CONCLAVE_AUTH__TOKEN_SIGNING_KEY",
+            "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        ),
         ("CONCLAVE_TEST_POSTGRES_URL", "ignored: not a setting"),
         ("CONCLAVE_CONFIG", "ignored: names the file"),
         ("PATH", "/usr/bin"),
@@ -189,6 +193,37 @@ fn semantic_rules_name_their_fields() {
     assert!(find("auth.token_signing_key").is_some());
     assert!(find("documents.update_max_bytes").is_some());
     assert!(find("documents.max_connections_per_document").is_some());
+}
+
+#[test]
+fn a_cluster_needs_a_shared_database_a_shared_key_and_redis() {
+    let file = file_with(
+        "[cluster]\nbus = \"nats\"\nnats_url = \"nats://127.0.0.1:4222\"\n\
+         namespace = \"has space\"\nheartbeat_ttl_ms = 10\n",
+    );
+    let errors = load(&sources(Some(&file), &[])).unwrap_err().0;
+    let find = |field: &str| {
+        errors
+            .iter()
+            .find(|e| e.field == field)
+            .map(|e| e.reason.clone())
+    };
+    assert!(find("database.url").unwrap().contains("postgres"));
+    assert!(find("auth.token_signing_key").unwrap().contains("same key"));
+    assert!(find("cluster.redis_url").unwrap().contains("presence"));
+    assert!(find("cluster.namespace").is_some());
+    assert!(find("cluster.heartbeat_ttl_ms").is_some());
+
+    // The same with everything a cluster needs is accepted.
+    let file = file_with(
+        "[database]\nurl = \"postgres://db/conclave\"\n\
+         [auth]\ntoken_signing_key = \"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\"\n\
+         [cluster]\nbus = \"nats\"\nnats_url = \"nats://127.0.0.1:4222\"\n\
+         redis_url = \"redis://127.0.0.1:6379\"\nnamespace = \"eu-1\"\n",
+    );
+    let config = load(&sources(Some(&file), &[])).unwrap();
+    assert_eq!(config.cluster.namespace, "eu-1");
+    assert_eq!(config.cluster.heartbeat_ttl_ms, 15_000);
 }
 
 #[test]
