@@ -244,6 +244,26 @@ impl Room {
         effects
     }
 
+    /// Applies a document update that is already stored (another server of
+    /// the cluster received it): what it changes is sent to every
+    /// connection, and nothing is to be persisted again. Applying an update
+    /// twice, or out of order, is harmless: Yjs updates commute.
+    pub fn apply_stored(&mut self, update: &[u8]) -> Effects {
+        let update = match Update::decode_v1(update) {
+            Ok(update) => update,
+            Err(err) => return Effects::failed(DocError::InvalidUpdate(err.to_string())),
+        };
+        let applied = self.doc.transact_mut().apply_update(update);
+        let mut effects = Effects::default();
+        for change in std::mem::take(&mut *lock(&self.observed)) {
+            effects.push(Recipients::Everyone, message::update(&change));
+        }
+        if let Err(err) = applied {
+            effects.error = Some(DocError::InvalidUpdate(err.to_string()));
+        }
+        effects
+    }
+
     /// Removes a connection; the awareness states it introduced become
     /// `null` for everyone left.
     pub fn disconnect(&mut self, conn: ConnectionId, now_ms: u64) -> Effects {

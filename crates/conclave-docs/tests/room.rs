@@ -500,3 +500,25 @@ fn protocol_md_shows_the_bytes_the_room_produces() {
         );
     }
 }
+
+#[test]
+fn an_update_stored_elsewhere_reaches_everyone_here_once_and_is_not_persisted_again() {
+    // The same bytes as the vector above: "hi" typed by client 1, as
+    // another server of the cluster stored it (the update without the
+    // y-websocket framing).
+    let update = hex("01 01 01 00 04 01 01 74 02 68 69 00");
+    let mut room = Room::new();
+    room.connect(ConnectionId(1), Access::ReadWrite);
+    room.connect(ConnectionId(2), Access::ReadOnly);
+    let effects = room.apply_stored(&update);
+    assert_eq!(effects.error, None);
+    assert!(effects.persist.is_empty(), "stored already");
+    let mut framed = hex("00 02 0c");
+    framed.extend_from_slice(&update);
+    assert_eq!(frames(&effects, Recipients::Everyone), vec![framed]);
+    assert_eq!(room.state_vector(), hex("01 01 02"));
+
+    let again = room.apply_stored(&update);
+    assert!(again.send.is_empty(), "a repeat changes nothing");
+    assert!(room.apply_stored(b"\xff\xff").error.is_some());
+}

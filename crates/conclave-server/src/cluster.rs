@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use conclave_cluster::{Bus, BusKind, Directory, LocalDirectory, NodeId, RedisDirectory};
 use conclave_config::Config;
-use conclave_core::{ChannelId, DeviceId, ErrorCode, UserId};
+use conclave_core::{ChannelId, DeviceId, DocumentId, ErrorCode, UserId};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -57,6 +57,11 @@ pub(crate) enum BusMessage {
         devices: Vec<DeviceId>,
         code: String,
         message: String,
+    },
+    /// Yjs updates (v1, base64) a node stored for a document.
+    DocumentUpdates {
+        document: DocumentId,
+        updates: Vec<String>,
     },
 }
 
@@ -273,7 +278,7 @@ impl Cluster {
     /// Applies what another node said that is not a channel event.
     pub fn apply(&self, sessions: &SessionManager, message: BusMessage) {
         match message {
-            BusMessage::Channel { .. } => {}
+            BusMessage::Channel { .. } | BusMessage::DocumentUpdates { .. } => {}
             BusMessage::Users { users, event, body } => {
                 let event = PushEvent::named(event, body);
                 for user in users {

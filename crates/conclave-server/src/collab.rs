@@ -12,11 +12,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use conclave_config::DocumentsConfig;
 use conclave_core::{DocumentId, ErrorCode};
 use conclave_docs::{Access, ConnectionId, DocError, Effects, Recipients, Room};
 use conclave_storage::{DocumentRecord, Storage};
+
+use crate::cluster::{BusMessage, Cluster};
 use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
@@ -197,10 +201,13 @@ pub(crate) struct DocumentRooms {
     queue_frames: usize,
     max_connections: usize,
     compact_every: u64,
+    /// Other nodes hear each stored update, for their rooms of the same
+    /// document.
+    cluster: Arc<Cluster>,
 }
 
 impl DocumentRooms {
-    pub(crate) fn new(config: &DocumentsConfig, queue_frames: u32) -> Self {
+    pub(crate) fn new(config: &DocumentsConfig, queue_frames: u32, cluster: Arc<Cluster>) -> Self {
         Self {
             rooms: Mutex::new(HashMap::new()),
             next_connection: AtomicU64::new(1),
@@ -208,6 +215,7 @@ impl DocumentRooms {
             queue_frames: (queue_frames as usize).max(QUEUE_FRAMES_MIN),
             max_connections: config.max_connections_per_document as usize,
             compact_every: u64::from(config.compact_every_updates),
+            cluster,
         }
     }
 
@@ -335,9 +343,15 @@ impl DocumentRooms {
             self.forget(conn.document, &conn.slot);
             return Err(cause);
         }
+        if !effects.persist.is_empty() {
+            self.cluster.publish(&BusMessage::DocumentUpdates {
+                document: conn.document,
+                updates: effects.persist.iter().map(|u| BASE64.encode(u)).collect(),
+            });
+        }
         live.fan_out(conn.id, &effects);
         if live.head_seq.saturating_sub(live.snapshot_seq) >= self.compact_every {
-            compact(storage, live).await;
+            self.compact(storage, live).await;
         }
         match &effects.error {
             Some(err) => Err(CloseCause::invalid(err)),
@@ -362,11 +376,59 @@ impl DocumentRooms {
         let effects = live.room.disconnect(conn.id, self.now_ms());
         live.fan_out(conn.id, &effects);
         if live.peers.is_empty() {
-            compact(storage, live).await;
+            self.compact(storage, live).await;
             *guard = Slot::Gone;
             self.forget(conn.document, &conn.slot);
             tracing::debug!(document = %conn.document, "document unloaded");
         }
+    }
+
+    /// Applies updates another node stored to this node's room of the
+    /// document, if it is open here (otherwise storage has them for when it
+    /// loads).
+    pub(crate) async fn apply_stored(&self, document: DocumentId, updates: &[Vec<u8>]) {
+        let Some(slot) = lock(&self.rooms).get(&document).cloned() else {
+            return;
+        };
+        let Ok(mut guard) = lock_room(&slot).await else {
+            return;
+        };
+        if let Slot::Live(live) = &mut *guard {
+            for update in updates {
+                let effects = live.room.apply_stored(update);
+                if let Some(err) = &effects.error {
+                    tracing::warn!(document = %document, error = %err, "an update from another node does not apply");
+                }
+                live.fan_out(ConnectionId(0), &effects);
+            }
+        }
+    }
+
+    /// Folds the log into a snapshot. A failure only costs a longer log.
+    ///
+    /// With other nodes, this room may lack an update another node stored
+    /// (its bus message is late or lost): the stored log is applied first,
+    /// so the snapshot never drops what storage holds.
+    async fn compact(&self, storage: &dyn Storage, live: &mut LiveRoom) {
+        if self.cluster.is_clustered() {
+            let stored =
+                tokio::time::timeout(STORAGE_TIMEOUT, storage.documents().load(live.document))
+                    .await;
+            let Ok(Ok(stored)) = stored else {
+                tracing::warn!(document = %live.document, "could not read the document's log to compact it");
+                return;
+            };
+            for bytes in stored
+                .snapshot
+                .iter()
+                .chain(stored.updates.iter().map(|(_, u)| u))
+            {
+                let effects = live.room.apply_stored(bytes);
+                live.fan_out(ConnectionId(0), &effects);
+            }
+            live.head_seq = live.head_seq.max(stored.head_seq());
+        }
+        compact(storage, live).await;
     }
 
     /// Drops awareness states nobody renewed for 30 s, in every room.

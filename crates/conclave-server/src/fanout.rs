@@ -11,6 +11,8 @@
 
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use conclave_cluster::{Sequencer, Verdict};
 use conclave_core::{ChannelId, DeviceId, UserId};
@@ -81,6 +83,13 @@ pub(crate) async fn run(
                             sender_device,
                         };
                         sequence(&state, &mut sequencer, delivery).await;
+                    }
+                    Some(BusMessage::DocumentUpdates { document, updates }) => {
+                        let updates: Vec<Vec<u8>> = updates
+                            .iter()
+                            .filter_map(|u| BASE64.decode(u).ok())
+                            .collect();
+                        state.documents.apply_stored(document, &updates).await;
                     }
                     Some(other) => state.cluster.apply(&state.sessions, other),
                     None => tracing::warn!(len = bytes.len(), "an unreadable message on the cluster bus"),

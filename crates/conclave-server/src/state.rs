@@ -67,8 +67,11 @@ impl AppState {
             metrics.connections.clone(),
             session_changes,
         );
-        let documents =
-            DocumentRooms::new(&config.documents, config.limits.session_send_queue_frames);
+        let documents = DocumentRooms::new(
+            &config.documents,
+            config.limits.session_send_queue_frames,
+            cluster.clone(),
+        );
         Self(Arc::new(Inner {
             rate_limits: RateLimits::new(&config.limits),
             documents,

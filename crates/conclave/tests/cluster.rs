@@ -23,31 +23,12 @@ use conclave_client::api::messaging::{
 use conclave_client::api::presence::{StatusGet, Subscribe, Typing, TypingState};
 use conclave_client::{Connection, Encoding, Event, HttpClient};
 use conclave_core::ChannelId;
-use support::{Server, conclave, write_fast_config};
+use support::{Server, conclave};
 
 const PASSWORD: &str = "correct horse battery staple";
 const STEP_TIMEOUT: Duration = Duration::from_secs(15);
 /// Short, so a dead node's users go offline quickly in the fault test.
 const HEARTBEAT_TTL_MS: u64 = 1_500;
-
-fn env(name: &str) -> Option<String> {
-    match std::env::var(name) {
-        Ok(value) if !value.is_empty() => Some(value),
-        _ => {
-            eprintln!("skipping: {name} is not set");
-            None
-        }
-    }
-}
-
-fn random_hex(bytes: usize) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let seed = format!("{nanos:x}{:x}", std::process::id());
-    seed.chars().cycle().take(bytes * 2).collect()
-}
 
 /// Three nodes on one database and one bus namespace.
 struct ClusterEnv {
@@ -59,37 +40,7 @@ impl ClusterEnv {
     /// `None` (with a notice) when the services the bus needs are not
     /// configured.
     fn start(bus: &str, count: usize) -> Option<ClusterEnv> {
-        let redis = env("CONCLAVE_TEST_REDIS_URL")?;
-        let nats = if bus == "nats" {
-            Some(env("CONCLAVE_TEST_NATS_URL")?)
-        } else {
-            None
-        };
-        let database = support::postgres::fresh_database()?;
-        let namespace = format!("test_{}", random_hex(8));
-        let key = random_hex(32);
-        let mut cluster = format!(
-            "[database]\nurl = \"{database}\"\n\n[cluster]\nbus = \"{bus}\"\nredis_url = \"{redis}\"\nnamespace = \"{namespace}\"\nheartbeat_ttl_ms = {HEARTBEAT_TTL_MS}\n"
-        );
-        if let Some(nats) = nats {
-            cluster.push_str(&format!("nats_url = \"{nats}\"\n"));
-        }
-        let mut dirs = Vec::new();
-        let mut nodes = Vec::new();
-        for _ in 0..count {
-            let dir = tempfile::tempdir().expect("a temporary directory");
-            // The nodes share the cluster's database whatever backend the
-            // rest of the suite runs on.
-            let config = write_fast_config(dir.path(), &cluster);
-            let mut cmd = conclave(dir.path());
-            cmd.env("CONCLAVE_AUTH__TOKEN_SIGNING_KEY", &key);
-            nodes.push(Server::start_with(
-                cmd,
-                dir.path(),
-                &["--config", config.to_str().unwrap(), "--data-dir", "d"],
-            ));
-            dirs.push(dir);
-        }
+        let (dirs, nodes) = support::start_cluster(bus, count, HEARTBEAT_TTL_MS)?;
         Some(ClusterEnv { _dirs: dirs, nodes })
     }
 

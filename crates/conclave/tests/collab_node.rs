@@ -524,3 +524,89 @@ fn an_idle_editor_stays_connected() {
     );
     assert_eq!(editor.text(), "still here");
 }
+
+/// Two nodes of a cluster (shared PostgreSQL, Redis bus): editors connected
+/// to different nodes edit one document and converge; an editor joining
+/// later on either node gets everything. Skips without PostgreSQL/Redis.
+#[test]
+fn editors_on_different_nodes_converge() {
+    if !node_ready() {
+        return;
+    }
+    let Some((_dirs, nodes)) = support::start_cluster("redis", 2, 15_000) else {
+        return;
+    };
+    let rt = runtime();
+    let base = |n: usize| format!("http://{}", nodes[n].http);
+    let collab = |n: usize| format!("ws://{}/collab", nodes[n].http);
+    let (alice, bob) = rt.block_on(async {
+        let register = |n: usize, name: &'static str| {
+            let http = conclave_client::HttpClient::new(&base(n));
+            async move {
+                http.register(name, support::collab::PASSWORD, Some("laptop"))
+                    .await
+                    .unwrap_or_else(|err| panic!("register {name}: {err}"))
+            }
+        };
+        (register(0, "alice").await, register(1, "bob").await)
+    });
+    let token = |n: usize, grant: &conclave_client::api::account::AuthGrant| {
+        rt.block_on(async {
+            conclave_client::HttpClient::new(&base(n))
+                .with_token(&grant.token)
+                .call(&conclave_client::api::documents::DocToken {
+                    name: "shared".to_owned(),
+                    scope: DocScope::ReadWrite,
+                })
+                .await
+                .expect("doc/token")
+                .token
+        })
+    };
+    let channel = rt.block_on(async {
+        conclave_client::HttpClient::new(&base(0))
+            .with_token(&alice.token)
+            .call(&conclave_client::api::messaging::DirectGetOrCreate {
+                user_id: bob.user_id,
+            })
+            .await
+            .expect("a direct channel")
+            .channel_id
+    });
+    rt.block_on(async {
+        conclave_client::HttpClient::new(&base(0))
+            .with_token(&alice.token)
+            .call(&conclave_client::api::documents::DocCreate {
+                name: "shared".to_owned(),
+                channel_id: Some(channel),
+            })
+            .await
+            .expect("doc/create")
+    });
+
+    let mut a = Editor::spawn("alice", &collab(0), "shared", &token(0, &alice));
+    let mut b = Editor::spawn("bob", &collab(1), "shared", &token(1, &bob));
+    assert_eq!(a.wait_synced(), "");
+    assert_eq!(b.wait_synced(), "");
+    let count = 30;
+    let from_a = a.send(
+        "burst",
+        json!({"prefix": "a", "count": count, "at_start": false}),
+    );
+    let from_b = b.send(
+        "burst",
+        json!({"prefix": "b", "count": count, "at_start": true}),
+    );
+    a.answer(from_a);
+    b.answer(from_b);
+    let mut all = chunks("a", count);
+    all.extend(chunks("b", count));
+    let text_a = a.wait_text_containing(&all);
+    let text_b = b.wait_text_containing(&all);
+    assert_eq!(text_a, text_b, "editors on two nodes converge");
+    assert_eq!(text_a.len(), all.iter().map(String::len).sum::<usize>());
+
+    // A late joiner on node 1 loads what both nodes stored.
+    let mut late = Editor::spawn("alice-phone", &collab(1), "shared", &token(1, &alice));
+    assert_eq!(late.wait_synced(), text_a);
+}

@@ -261,3 +261,70 @@ pub fn start_server(dir: &Path, config: &Path) -> Server {
         ],
     )
 }
+
+fn env_or_notice(name: &str) -> Option<String> {
+    match std::env::var(name) {
+        Ok(value) if !value.is_empty() => Some(value),
+        _ => {
+            eprintln!("skipping: {name} is not set");
+            None
+        }
+    }
+}
+
+/// Starts `count` nodes sharing a fresh PostgreSQL database, one bus
+/// (`redis` or `nats`) namespace and one token signing key, each with its
+/// own data directory. `None` (with a notice) when
+/// `CONCLAVE_TEST_POSTGRES_URL`, `CONCLAVE_TEST_REDIS_URL` (or, for NATS,
+/// `CONCLAVE_TEST_NATS_URL`) is unset.
+pub fn start_cluster(
+    bus: &str,
+    count: usize,
+    heartbeat_ttl_ms: u64,
+) -> Option<(Vec<tempfile::TempDir>, Vec<Server>)> {
+    let redis = env_or_notice("CONCLAVE_TEST_REDIS_URL")?;
+    let nats = match bus {
+        "nats" => Some(env_or_notice("CONCLAVE_TEST_NATS_URL")?),
+        _ => None,
+    };
+    let database = postgres::fresh_database()?;
+    let unique = format!(
+        "{:x}{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+        std::process::id()
+    );
+    let namespace = format!("test_{unique}");
+    let key: String = unique.chars().cycle().take(64).collect();
+    let mut cluster = format!(
+        "[database]\nurl = \"{database}\"\n\n[cluster]\nbus = \"{bus}\"\nredis_url = \"{redis}\"\n\
+         namespace = \"{namespace}\"\nheartbeat_ttl_ms = {heartbeat_ttl_ms}\n"
+    );
+    if let Some(nats) = nats {
+        cluster.push_str(&format!("nats_url = \"{nats}\"\n"));
+    }
+    let mut dirs = Vec::new();
+    let mut nodes = Vec::new();
+    for _ in 0..count {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        // The nodes share the cluster's database whatever backend the rest
+        // of the suite runs on.
+        let config = write_fast_config(dir.path(), &cluster);
+        let mut cmd = conclave(dir.path());
+        cmd.env("CONCLAVE_AUTH__TOKEN_SIGNING_KEY", &key);
+        nodes.push(Server::start_with(
+            cmd,
+            dir.path(),
+            &[
+                "--config",
+                config.to_str().expect("a UTF-8 path"),
+                "--data-dir",
+                "d",
+            ],
+        ));
+        dirs.push(dir);
+    }
+    Some((dirs, nodes))
+}
