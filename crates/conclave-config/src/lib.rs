@@ -16,8 +16,8 @@ mod validate;
 
 pub use layers::{ConfigError, ConfigErrors, ConfigSources, Origin, load};
 pub use schema::{
-    AuthConfig, BusKind, ClusterConfig, Config, DatabaseConfig, DocumentsConfig, LimitsConfig,
-    LogConfig, LogFormat, ServerConfig, TlsConfig,
+    AuthConfig, BusKind, ClusterConfig, Config, DatabaseConfig, DocumentsConfig, FileConfig,
+    LimitsConfig, LogConfig, LogFormat, ServerConfig, StorageKind, StorageSourceConfig, TlsConfig,
 };
 pub use secret::{Secret, SecretUrl};
 

@@ -21,6 +21,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub messaging: MessagingConfig,
     pub documents: DocumentsConfig,
+    pub file: FileConfig,
     pub tls: TlsConfig,
     pub cluster: ClusterConfig,
 }
@@ -36,6 +37,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             messaging: MessagingConfig::default(),
             documents: DocumentsConfig::default(),
+            file: FileConfig::default(),
             tls: TlsConfig::default(),
             cluster: ClusterConfig::default(),
         }
@@ -63,6 +65,8 @@ pub struct ServerConfig {
     /// before they are cut off.
     pub shutdown_deadline_ms: u64,
     /// Longest time one HTTP request may take before it is answered 503.
+    /// Upload chunks are exempt: they end when their bytes stop arriving
+    /// for `limits.idle_timeout_ms`.
     pub request_timeout_ms: u64,
 }
 
@@ -278,6 +282,98 @@ impl Default for DocumentsConfig {
     }
 }
 
+/// Uploaded files: limits, lifetimes of upload tokens and download links,
+/// and where the bytes are stored.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    /// Largest file one upload may declare, in bytes.
+    pub max_file_size_bytes: u64,
+    /// Bytes one user's files may take in all (complete files and uploads in
+    /// progress, by declared size).
+    pub user_quota_bytes: u64,
+    /// Lifetime of an upload token; an upload not finished by then is
+    /// abandoned and its bytes deleted.
+    pub upload_token_ttl_secs: u64,
+    /// Lifetime of a signed download URL (`file/get_url`).
+    pub download_url_ttl_secs: u64,
+    /// MIME type prefixes an upload may declare (`image/`, `application/pdf`);
+    /// empty means every type.
+    pub allowed_mime_prefixes: Vec<String>,
+    /// The `id` of the storage source new uploads go to.
+    pub default_source: String,
+    /// Where file bytes are stored.
+    pub storage_sources: Vec<StorageSourceConfig>,
+}
+
+impl Default for FileConfig {
+    fn default() -> Self {
+        Self {
+            max_file_size_bytes: 100 * 1024 * 1024,
+            user_quota_bytes: 10 * 1024 * 1024 * 1024,
+            upload_token_ttl_secs: 60 * 60,
+            download_url_ttl_secs: 60 * 60,
+            allowed_mime_prefixes: Vec::new(),
+            default_source: "local".to_owned(),
+            storage_sources: vec![StorageSourceConfig::local("local")],
+        }
+    }
+}
+
+/// One place file bytes can be stored.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSourceConfig {
+    /// Name of the source; stored with every file, so never rename one that
+    /// holds files.
+    pub id: String,
+    pub kind: StorageKind,
+    /// `local`: the directory (unset: `files` inside `data_dir`). `s3`: a key
+    /// prefix inside the bucket (unset: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<PathBuf>,
+    /// `s3`: the bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
+    /// `s3`: the service URL (unset: AWS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// `s3`: the region (unset: `us-east-1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// `s3`: credentials; unset, they come from the usual AWS environment
+    /// variables and files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_access_key: Option<Secret>,
+}
+
+impl StorageSourceConfig {
+    /// A local source in the default directory.
+    pub fn local(id: &str) -> Self {
+        Self {
+            id: id.to_owned(),
+            kind: StorageKind::Local,
+            root: None,
+            bucket: None,
+            endpoint: None,
+            region: None,
+            access_key_id: None,
+            secret_access_key: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    /// A directory on this machine.
+    Local,
+    /// An S3-compatible object store.
+    S3,
+}
+
 /// The certificate QUIC presents (TLS 1.3). Unset: a self-signed
 /// certificate generated in `data_dir/tls` on first start, for development;
 /// clients then pin it.
@@ -340,6 +436,15 @@ impl Config {
     /// The SQLite URL used when `database.url` is unset.
     pub fn embedded_database_url(&self) -> String {
         format!("sqlite://{}", self.data_dir.join("conclave.db").display())
+    }
+
+    /// The directory of a local storage source: its `root`, or `files`
+    /// inside `data_dir`.
+    pub fn local_files_dir(&self, source: &StorageSourceConfig) -> PathBuf {
+        source
+            .root
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("files"))
     }
 
     /// `database.url`, or the embedded default.

@@ -1,6 +1,6 @@
 //! Rules that types alone cannot express.
 
-use crate::schema::{BusKind, Config};
+use crate::schema::{BusKind, Config, StorageKind};
 
 const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
 
@@ -215,6 +215,8 @@ pub(crate) fn validate(config: &Config) -> Vec<(String, String)> {
         );
     }
 
+    check_files(config, &mut fail);
+
     match (&config.tls.cert_path, &config.tls.key_path) {
         (Some(_), None) => fail(
             "tls.key_path",
@@ -289,6 +291,129 @@ pub(crate) fn validate(config: &Config) -> Vec<(String, String)> {
         );
     }
     errors
+}
+
+/// Longest an upload token or a download URL may live: a week.
+const FILE_TTL_MAX_SECS: u64 = 7 * 24 * 3600;
+
+/// Byte counts are stored as signed 64-bit integers.
+const BYTES_MAX: u64 = i64::MAX as u64;
+
+fn check_files(config: &Config, fail: &mut impl FnMut(&str, String)) {
+    let file = &config.file;
+    for (field, value) in [
+        ("file.max_file_size_bytes", file.max_file_size_bytes),
+        ("file.user_quota_bytes", file.user_quota_bytes),
+    ] {
+        if !(1..=BYTES_MAX).contains(&value) {
+            fail(field, format!("must be between 1 and {BYTES_MAX}"));
+        }
+    }
+    for (field, value) in [
+        ("file.upload_token_ttl_secs", file.upload_token_ttl_secs),
+        ("file.download_url_ttl_secs", file.download_url_ttl_secs),
+    ] {
+        if !(1..=FILE_TTL_MAX_SECS).contains(&value) {
+            fail(
+                field,
+                format!("must be between 1 and {FILE_TTL_MAX_SECS} (7 days)"),
+            );
+        }
+    }
+    for prefix in &file.allowed_mime_prefixes {
+        let ok = !prefix.is_empty()
+            && prefix.len() <= 127
+            && prefix.bytes().all(|b| {
+                b.is_ascii_lowercase()
+                    || b.is_ascii_digit()
+                    || matches!(b, b'/' | b'.' | b'+' | b'-' | b'_')
+            });
+        if !ok {
+            fail(
+                "file.allowed_mime_prefixes",
+                format!(
+                    "`{prefix}` is not a lower-case MIME type prefix (like `image/` or `application/pdf`)"
+                ),
+            );
+        }
+    }
+    if file.storage_sources.is_empty() {
+        fail(
+            "file.storage_sources",
+            "must name at least one source".to_owned(),
+        );
+    }
+    for (i, source) in file.storage_sources.iter().enumerate() {
+        let field = |name: &str| format!("file.storage_sources.{i}.{name}");
+        let id_ok = !source.id.is_empty()
+            && source.id.len() <= 64
+            && source
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !id_ok {
+            fail(
+                &field("id"),
+                "must be 1 to 64 letters, digits, `_` or `-`".to_owned(),
+            );
+        }
+        if file.storage_sources[..i].iter().any(|s| s.id == source.id) {
+            fail(&field("id"), format!("`{}` is used twice", source.id));
+        }
+        match source.kind {
+            StorageKind::Local => {
+                let s3_only = [
+                    ("bucket", source.bucket.is_some()),
+                    ("endpoint", source.endpoint.is_some()),
+                    ("region", source.region.is_some()),
+                    ("access_key_id", source.access_key_id.is_some()),
+                    ("secret_access_key", source.secret_access_key.is_some()),
+                ];
+                for (name, set) in s3_only {
+                    if set {
+                        fail(&field(name), "applies to kind = \"s3\" only".to_owned());
+                    }
+                }
+                if source
+                    .root
+                    .as_ref()
+                    .is_some_and(|root| root.as_os_str().is_empty())
+                {
+                    fail(&field("root"), "must not be empty".to_owned());
+                }
+            }
+            StorageKind::S3 => {
+                if source.bucket.as_deref().is_none_or(str::is_empty) {
+                    fail(&field("bucket"), "is required for kind = \"s3\"".to_owned());
+                }
+                if let Some(endpoint) = &source.endpoint {
+                    if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                        fail(
+                            &field("endpoint"),
+                            format!("`{endpoint}` must start with http:// or https://"),
+                        );
+                    }
+                }
+                if source.access_key_id.is_some() != source.secret_access_key.is_some() {
+                    fail(
+                        &field("secret_access_key"),
+                        "access_key_id and secret_access_key are set together or not at all"
+                            .to_owned(),
+                    );
+                }
+            }
+        }
+    }
+    if !file
+        .storage_sources
+        .iter()
+        .any(|source| source.id == file.default_source)
+    {
+        fail(
+            "file.default_source",
+            format!("`{}` names no storage source", file.default_source),
+        );
+    }
 }
 
 /// Accepts what the log filter accepts: a level, or `target=level`

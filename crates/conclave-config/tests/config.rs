@@ -2,7 +2,9 @@
 
 use std::io::Write;
 
-use conclave_config::{BusKind, Config, ConfigSources, EXAMPLE_TOML, LogFormat, Origin, load};
+use conclave_config::{
+    BusKind, Config, ConfigSources, EXAMPLE_TOML, LogFormat, Origin, StorageKind, load,
+};
 
 fn file_with(text: &str) -> tempfile::NamedTempFile {
     let mut file = tempfile::NamedTempFile::new().unwrap();
@@ -55,6 +57,7 @@ fn the_example_file_is_exactly_the_defaults_and_names_every_field() {
         "limits",
         "messaging",
         "documents",
+        "file",
         "tls",
         "cluster",
     ] {
@@ -256,4 +259,105 @@ fn redacted_output_never_contains_secrets() {
         "{shown}"
     );
     assert!(!format!("{config:?}").contains("hunter2"));
+}
+
+#[test]
+fn files_default_to_one_local_source_in_the_data_dir() {
+    let config = Config::default();
+    assert_eq!(config.file.max_file_size_bytes, 100 * 1024 * 1024);
+    assert_eq!(config.file.user_quota_bytes, 10 * 1024 * 1024 * 1024);
+    assert_eq!(config.file.upload_token_ttl_secs, 3600);
+    assert_eq!(config.file.download_url_ttl_secs, 3600);
+    assert!(config.file.allowed_mime_prefixes.is_empty());
+    assert_eq!(config.file.default_source, "local");
+    let [source] = config.file.storage_sources.as_slice() else {
+        panic!("{:?}", config.file.storage_sources);
+    };
+    assert_eq!(
+        (source.id.as_str(), source.kind),
+        ("local", StorageKind::Local)
+    );
+    assert_eq!(
+        config.local_files_dir(source),
+        std::path::Path::new("./conclave-data/files")
+    );
+}
+
+#[test]
+fn storage_sources_come_from_the_file_with_secrets_redacted() {
+    let file = file_with(
+        "[file]\n\
+         default_source = \"s3\"\n\
+         allowed_mime_prefixes = [\"image/\"]\n\
+         [[file.storage_sources]]\n\
+         id = \"disk\"\n\
+         kind = \"local\"\n\
+         root = \"/srv/files\"\n\
+         [[file.storage_sources]]\n\
+         id = \"s3\"\n\
+         kind = \"s3\"\n\
+         bucket = \"b\"\n\
+         endpoint = \"http://127.0.0.1:9000\"\n\
+         access_key_id = \"AKID\"\n\
+         secret_access_key = \"hunter5\"\n",
+    );
+    let config = load(&sources(Some(&file), &[])).unwrap();
+    let sources = &config.file.storage_sources;
+    assert_eq!(sources.len(), 2);
+    assert_eq!(
+        config.local_files_dir(&sources[0]),
+        std::path::Path::new("/srv/files")
+    );
+    assert_eq!(sources[1].kind, StorageKind::S3);
+    assert_eq!(
+        sources[1].secret_access_key.as_ref().unwrap().expose(),
+        "hunter5"
+    );
+    assert_eq!(config.file.allowed_mime_prefixes, vec!["image/".to_owned()]);
+    let shown = config.to_redacted_toml();
+    assert!(!shown.contains("hunter5"), "{shown}");
+    assert!(!format!("{config:?}").contains("hunter5"));
+}
+
+#[test]
+fn file_settings_are_checked() {
+    let file = file_with(
+        "[file]\n\
+         max_file_size_bytes = 0\n\
+         upload_token_ttl_secs = 0\n\
+         download_url_ttl_secs = 9999999\n\
+         allowed_mime_prefixes = [\"Image/\"]\n\
+         default_source = \"nowhere\"\n\
+         [[file.storage_sources]]\n\
+         id = \"a\"\n\
+         kind = \"s3\"\n\
+         endpoint = \"ftp://x\"\n\
+         access_key_id = \"AKID\"\n\
+         [[file.storage_sources]]\n\
+         id = \"a\"\n\
+         kind = \"local\"\n\
+         bucket = \"b\"\n",
+    );
+    let errors = load(&sources(Some(&file), &[])).unwrap_err().0;
+    let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+    for expected in [
+        "file.max_file_size_bytes",
+        "file.upload_token_ttl_secs",
+        "file.download_url_ttl_secs",
+        "file.allowed_mime_prefixes",
+        "file.default_source",
+        "file.storage_sources.0.bucket",
+        "file.storage_sources.0.endpoint",
+        "file.storage_sources.0.secret_access_key",
+        "file.storage_sources.1.id",
+        "file.storage_sources.1.bucket",
+    ] {
+        assert!(fields.contains(&expected), "{expected} not in {fields:?}");
+    }
+    let unknown_kind = file_with("[[file.storage_sources]]\nid = \"x\"\nkind = \"ftp\"\n");
+    let errors = load(&sources(Some(&unknown_kind), &[])).unwrap_err().0;
+    assert!(
+        errors[0].field.starts_with("file.storage_sources"),
+        "{errors:?}"
+    );
 }

@@ -141,6 +141,12 @@ define_id!(
     RequestId,
     "request id"
 );
+define_id!(
+    /// An uploaded file (its bytes live in a blob store, named by their
+    /// SHA-256).
+    FileId,
+    "file id"
+);
 
 #[cfg(test)]
 mod tests {

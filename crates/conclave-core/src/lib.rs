@@ -9,4 +9,6 @@ pub mod ids;
 pub mod limits;
 
 pub use error_code::ErrorCode;
-pub use ids::{ChannelId, DeviceId, DocumentId, GroupId, MessageId, RequestId, SessionId, UserId};
+pub use ids::{
+    ChannelId, DeviceId, DocumentId, FileId, GroupId, MessageId, RequestId, SessionId, UserId,
+};

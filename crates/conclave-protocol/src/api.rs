@@ -26,6 +26,7 @@ macro_rules! route {
 pub mod account;
 pub mod contacts;
 pub mod documents;
+pub mod files;
 pub mod groups;
 pub mod messaging;
 pub mod presence;

@@ -9,7 +9,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use conclave_core::ErrorCode;
 use conclave_core::limits::JSON_BODY_MAX_BYTES;
 use tracing::Instrument as _;
@@ -19,6 +19,9 @@ use crate::state::AppState;
 use crate::transport;
 
 const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Where upload chunks are `PUT`.
+const UPLOAD_ROUTE: &str = "/v1/files/{file_id}/content";
 
 /// A client-supplied request id longer than this is replaced, so log lines
 /// stay bounded.
@@ -34,6 +37,19 @@ pub(crate) fn router(state: AppState) -> Router {
         )
         .route("/v1/ws", get(transport::ws::upgrade))
         .route("/collab/{name}", get(transport::collab::upgrade))
+        .route(
+            UPLOAD_ROUTE,
+            put(transport::files::put_content)
+                .head(transport::files::upload_status)
+                // Chunks are streamed to the blob store, never buffered;
+                // their size is bounded by the declared file size.
+                .layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/v1/files/{file_id}/status",
+            get(transport::files::upload_status),
+        )
+        .route("/v1/files/{file_id}", get(transport::files::download))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
@@ -106,7 +122,15 @@ async fn request_context(State(state): State<AppState>, request: Request, next: 
         path = %request.uri().path(),
     );
     let timeout = Duration::from_millis(state.config.server.request_timeout_ms);
+    // An upload chunk may take as long as its bytes take to arrive (it is
+    // bounded by the declared size, and a stalled body ends after
+    // `limits.idle_timeout_ms` with the bytes received kept); cutting it off
+    // would throw those bytes away.
+    let unbounded = request.method() == Method::PUT && route == UPLOAD_ROUTE;
     let mut response = async {
+        if unbounded {
+            return next.run(request).await;
+        }
         match tokio::time::timeout(timeout, next.run(request)).await {
             Ok(response) => response,
             Err(_) => {

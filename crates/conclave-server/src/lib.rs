@@ -11,6 +11,7 @@ mod api_error;
 mod cluster;
 mod collab;
 mod fanout;
+mod files;
 mod http;
 mod listener;
 pub mod logging;
@@ -121,6 +122,16 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
     let secrets =
         ServerSecrets::load_or_generate(&config.data_dir, config.auth.token_signing_key.as_ref())?;
     let storage = open_storage(&config).await?;
+    let default_source_is_local = config.file.storage_sources.iter().any(|s| {
+        s.id == config.file.default_source && s.kind == conclave_config::StorageKind::Local
+    });
+    if config.cluster.bus != conclave_config::BusKind::Local && default_source_is_local {
+        tracing::warn!(
+            source = %config.file.default_source,
+            "files go to a local directory while several nodes serve this installation; \
+             other nodes cannot read them: configure an s3 storage source"
+        );
+    }
     let installation_id = storage
         .meta()
         .get_or_insert(INSTALLATION_ID_KEY, &secrets::random_hex(16)?, unix_ms())
@@ -165,7 +176,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
             cluster: cluster.cluster.clone(),
             session_changes,
         },
-    );
+    )?;
     rpc::register_metrics();
 
     let bind = config.server.bind;
@@ -312,6 +323,8 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
             }
         }
     });
+
+    tasks.spawn(files::run_collector(state.clone()));
 
     tracing::info!(%http_addr, %admin_addr, %tcp_addr, %quic_addr, quic_cert_sha256 = %quic_cert_sha256, "listening");
     Ok(ServerHandle {

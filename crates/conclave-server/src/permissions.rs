@@ -10,8 +10,8 @@ use conclave_core::{ChannelId, ErrorCode, UserId};
 use conclave_protocol::api::account::{Audience, Privacy};
 use conclave_protocol::api::groups::{InvitePolicy, Role};
 use conclave_storage::{
-    ChannelKind, ChannelRecord, DocumentRecord, GroupRecord, MemberRecord, MessageRecord,
-    PrivacyRecord, Relation,
+    ChannelKind, ChannelRecord, DocumentRecord, FileRecord, GroupRecord, MemberRecord,
+    MessageRecord, PrivacyRecord, Relation,
 };
 
 use crate::api_error::ApiError;
@@ -72,6 +72,25 @@ pub(crate) async fn may_open_document(
         format!(
             "only the owner and members of its channel may open document `{}`",
             document.name
+        ),
+    ))
+}
+
+/// A file may be downloaded (and shared again) by its uploader and by the
+/// current members of any channel where a message referencing it was sent.
+pub(crate) async fn may_download(
+    state: &AppState,
+    file: &FileRecord,
+    user: UserId,
+) -> Result<(), ApiError> {
+    if file.owner_id == user || state.storage.files().referenced_for(file.id, user).await? {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        ErrorCode::Forbidden,
+        format!(
+            "file {} is only for its uploader and the members of channels it was shared in",
+            file.id
         ),
     ))
 }

@@ -69,6 +69,7 @@ impl RouteTable {
         crate::services::presence::register(&mut table);
         crate::services::inbox::register(&mut table);
         crate::services::documents::register(&mut table);
+        crate::services::files::register(&mut table);
         crate::services::social::register(&mut table);
         crate::services::groups::register(&mut table);
         table

@@ -3,6 +3,7 @@
 
 pub(crate) mod accounts;
 pub(crate) mod documents;
+pub(crate) mod files;
 pub(crate) mod groups;
 pub(crate) mod inbox;
 pub(crate) mod messaging;

@@ -10,6 +10,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::cluster::{Cluster, ClusterLink};
 use crate::collab::DocumentRooms;
+use crate::files::Files;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimits;
 use crate::rpc::RouteTable;
@@ -41,6 +42,8 @@ pub(crate) struct Inner {
     pub cluster: Arc<Cluster>,
     /// The collaborative documents open now.
     pub documents: DocumentRooms,
+    /// Where file bytes are stored, and the uploads in progress here.
+    pub files: Files,
     /// Cancelled when the server starts shutting down.
     pub shutdown: CancellationToken,
     /// Every task the server spawns, so shutdown can wait for them.
@@ -57,7 +60,7 @@ impl AppState {
         shutdown: CancellationToken,
         tasks: TaskTracker,
         cluster: ClusterLink,
-    ) -> Self {
+    ) -> anyhow::Result<Self> {
         let ClusterLink {
             cluster,
             session_changes,
@@ -67,14 +70,17 @@ impl AppState {
             metrics.connections.clone(),
             session_changes,
         );
+        // Opens every file storage source (creating local directories).
+        let files = Files::open(&config)?;
         let documents = DocumentRooms::new(
             &config.documents,
             config.limits.session_send_queue_frames,
             cluster.clone(),
         );
-        Self(Arc::new(Inner {
+        Ok(Self(Arc::new(Inner {
             rate_limits: RateLimits::new(&config.limits),
             documents,
+            files,
             routes: RouteTable::new(),
             sessions,
             cluster,
@@ -87,7 +93,7 @@ impl AppState {
             shutdown,
             tasks,
             draining: AtomicBool::new(false),
-        }))
+        })))
     }
 
     pub fn start_draining(&self) {

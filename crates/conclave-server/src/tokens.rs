@@ -15,12 +15,17 @@
 //! share card), `cg1.` invites to a group (and carries the group's code
 //! epoch, so bumping the epoch revokes every code issued before).
 //!
+//! A file download URL carries `exp` (unix milliseconds) and `sig`, the
+//! base64url HMAC-SHA256 of `cf1.<file id>.<exp>` with the same key: it
+//! lets anyone holding it read that one file until it expires.
+//!
 //! A refresh token is 32 random bytes (base64url). Only its SHA-256 is
-//! stored; each use replaces it.
+//! stored; each use replaces it. An upload token is made and stored the same
+//! way, and is spent when its upload completes.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use conclave_core::{DeviceId, DocumentId, GroupId, UserId};
+use conclave_core::{DeviceId, DocumentId, FileId, GroupId, UserId};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
@@ -28,12 +33,14 @@ const ACCESS_PREFIX: &str = "ca1.";
 const DOCUMENT_PREFIX: &str = "cd1.";
 const USER_CARD_PREFIX: &str = "cu1.";
 const GROUP_INVITE_PREFIX: &str = "cg1.";
+const FILE_DOWNLOAD_PREFIX: &str = "cf1.";
 
 /// A token longer than this is garbage; refusing it early bounds the work an
 /// unauthenticated request can cause.
 pub(crate) const TOKEN_LEN_MAX_BYTES: usize = 1024;
 
-const REFRESH_TOKEN_LEN_BYTES: usize = 32;
+/// Refresh and upload tokens: 32 random bytes.
+const RANDOM_TOKEN_LEN_BYTES: usize = 32;
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct AccessClaims {
@@ -165,6 +172,36 @@ pub(crate) fn verify_group_invite(
     Ok(claims)
 }
 
+/// The `sig` of a download URL for `file` valid until `expires_at_ms`.
+pub(crate) fn sign_download(key: &[u8], file: FileId, expires_at_ms: i64) -> String {
+    URL_SAFE_NO_PAD.encode(sign(key, download_claim(file, expires_at_ms).as_bytes()))
+}
+
+/// Checks a download URL's signature, then its expiry.
+pub(crate) fn verify_download(
+    key: &[u8],
+    file: FileId,
+    expires_at_ms: i64,
+    sig: &str,
+    now_ms: i64,
+) -> Result<(), TokenError> {
+    if sig.len() > TOKEN_LEN_MAX_BYTES {
+        return Err(TokenError::Invalid);
+    }
+    let mac = URL_SAFE_NO_PAD
+        .decode(sig)
+        .map_err(|_| TokenError::Invalid)?;
+    verify_mac(key, download_claim(file, expires_at_ms).as_bytes(), &mac)?;
+    if expires_at_ms <= now_ms {
+        return Err(TokenError::Expired);
+    }
+    Ok(())
+}
+
+fn download_claim(file: FileId, expires_at_ms: i64) -> String {
+    format!("{FILE_DOWNLOAD_PREFIX}{file}.{expires_at_ms}")
+}
+
 fn issue(prefix: &str, key: &[u8], claims: &impl serde::Serialize) -> String {
     let json = serde_json::to_vec(claims).unwrap_or_default();
     let mut token = String::with_capacity(prefix.len() + json.len() * 2);
@@ -188,19 +225,21 @@ fn verify<T: serde::de::DeserializeOwned>(
     let mac = URL_SAFE_NO_PAD
         .decode(mac_b64)
         .map_err(|_| TokenError::Invalid)?;
-    let mut verifier =
-        <Hmac<Sha256> as Mac>::new_from_slice(key).map_err(|_| TokenError::Invalid)?;
-    verifier.update(signed.as_bytes());
-    // Constant-time comparison: a timing oracle on the MAC would let an
-    // attacker forge tokens byte by byte.
-    verifier
-        .verify_slice(&mac)
-        .map_err(|_| TokenError::Invalid)?;
+    verify_mac(key, signed.as_bytes(), &mac)?;
     let claims_b64 = signed.strip_prefix(prefix).ok_or(TokenError::Invalid)?;
     let json = URL_SAFE_NO_PAD
         .decode(claims_b64)
         .map_err(|_| TokenError::Invalid)?;
     serde_json::from_slice(&json).map_err(|_| TokenError::Invalid)
+}
+
+fn verify_mac(key: &[u8], data: &[u8], mac: &[u8]) -> Result<(), TokenError> {
+    let mut verifier =
+        <Hmac<Sha256> as Mac>::new_from_slice(key).map_err(|_| TokenError::Invalid)?;
+    verifier.update(data);
+    // Constant-time comparison: a timing oracle on the MAC would let an
+    // attacker forge tokens byte by byte.
+    verifier.verify_slice(mac).map_err(|_| TokenError::Invalid)
 }
 
 fn sign(key: &[u8], data: &[u8]) -> [u8; 32] {
@@ -212,14 +251,31 @@ fn sign(key: &[u8], data: &[u8]) -> [u8; 32] {
 
 /// A new refresh token and the hash to store for it.
 pub(crate) fn new_refresh_token() -> anyhow::Result<(String, [u8; 32])> {
-    let mut raw = [0u8; REFRESH_TOKEN_LEN_BYTES];
-    getrandom::fill(&mut raw).map_err(|err| anyhow::anyhow!("OS randomness unavailable: {err}"))?;
-    let token = URL_SAFE_NO_PAD.encode(raw);
-    let hash = hash_refresh_token(&token);
-    Ok((token, hash))
+    new_random_token()
 }
 
 pub(crate) fn hash_refresh_token(token: &str) -> [u8; 32] {
+    hash_random_token(token)
+}
+
+/// A new upload token and the hash to store for it.
+pub(crate) fn new_upload_token() -> anyhow::Result<(String, [u8; 32])> {
+    new_random_token()
+}
+
+pub(crate) fn hash_upload_token(token: &str) -> [u8; 32] {
+    hash_random_token(token)
+}
+
+fn new_random_token() -> anyhow::Result<(String, [u8; 32])> {
+    let mut raw = [0u8; RANDOM_TOKEN_LEN_BYTES];
+    getrandom::fill(&mut raw).map_err(|err| anyhow::anyhow!("OS randomness unavailable: {err}"))?;
+    let token = URL_SAFE_NO_PAD.encode(raw);
+    let hash = hash_random_token(&token);
+    Ok((token, hash))
+}
+
+fn hash_random_token(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
@@ -311,6 +367,45 @@ mod tests {
             Err(TokenError::Invalid),
             "the prefix is signed"
         );
+    }
+
+    #[test]
+    fn download_signatures_bind_the_file_and_the_expiry() {
+        let key = [1u8; 32];
+        let file = FileId::new(42);
+        let sig = sign_download(&key, file, 5_000);
+        assert_eq!(verify_download(&key, file, 5_000, &sig, 4_999), Ok(()));
+        assert_eq!(
+            verify_download(&key, file, 5_000, &sig, 5_000),
+            Err(TokenError::Expired)
+        );
+        for (key, file, expires, sig) in [
+            (&[2u8; 32][..], file, 5_000, sig.as_str()),
+            (&key[..], FileId::new(43), 5_000, sig.as_str()),
+            (&key[..], file, 6_000, sig.as_str()),
+            (&key[..], file, 5_000, ""),
+            (&key[..], file, 5_000, "not base64!"),
+            (&key[..], file, 5_000, &sig[1..]),
+        ] {
+            assert_eq!(
+                verify_download(key, file, expires, sig, 0),
+                Err(TokenError::Invalid),
+                "{file} {expires} {sig}"
+            );
+        }
+        // An expired URL with a forged signature is invalid, not expired.
+        assert_eq!(
+            verify_download(&key, file, 1, &sig, 10),
+            Err(TokenError::Invalid)
+        );
+    }
+
+    #[test]
+    fn upload_tokens_are_random_and_hashed() {
+        let (a, hash) = new_upload_token().unwrap();
+        let (b, _) = new_upload_token().unwrap();
+        assert_ne!(a, b);
+        assert_eq!(hash_upload_token(&a), hash);
     }
 
     #[test]

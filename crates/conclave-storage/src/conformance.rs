@@ -9,8 +9,8 @@ use std::sync::Arc;
 use conclave_core::{DeviceId, UserId};
 
 use crate::{
-    Audience, DeviceLogin, MemberFlag, NewMessage, NewUser, ProfileUpdate, ReactionOp, SendOutcome,
-    Storage, StorageError,
+    Audience, ChunkOutcome, DeviceLogin, FileStatus, MemberFlag, NewMessage, NewUpload, NewUser,
+    ProfileUpdate, ReactionOp, SendOutcome, Storage, StorageError,
 };
 
 pub async fn ping_answers(storage: Arc<dyn Storage>) {
@@ -1423,6 +1423,374 @@ pub async fn join_requests_are_one_per_user_and_settle_once(storage: Arc<dyn Sto
     assert!(groups.join_requests(group.id).await.unwrap().is_empty());
 }
 
+fn upload<'a>(owner: UserId, name: &'a str, size: u64, token: u8, now_ms: i64) -> NewUpload<'a> {
+    NewUpload {
+        owner,
+        name,
+        mime: "application/octet-stream",
+        size,
+        declared_sha256: None,
+        source_id: "local",
+        token_hash: [token; 32],
+        expires_at_ms: now_ms + 1_000,
+        quota_bytes: 1_000,
+        now_ms,
+    }
+}
+
+pub async fn upload_tokens_open_one_upload_until_it_completes(storage: Arc<dyn Storage>) {
+    let owner = user(&storage, "ann").await;
+    let files = storage.files();
+    let created = files
+        .create_upload(NewUpload {
+            declared_sha256: Some("ab"),
+            mime: "image/png",
+            ..upload(owner, "cat.png", 10, 1, 100)
+        })
+        .await
+        .unwrap();
+    assert_eq!(created.status, FileStatus::Pending);
+    assert_eq!(created.sha256, None);
+    assert_eq!(created.declared_sha256.as_deref(), Some("ab"));
+    assert_eq!(created.mime, "image/png");
+    assert_eq!(created.expires_at_ms, 1_100);
+    assert_eq!(files.file(created.id).await.unwrap(), Some(created.clone()));
+
+    let found = files.upload_by_token([1; 32]).await.unwrap().unwrap();
+    assert_eq!(found.file, created);
+    assert_eq!((found.received, found.used_at_ms), (0, None));
+    assert_eq!(found.expires_at_ms, 1_100);
+    assert_eq!(files.upload_by_token([2; 32]).await.unwrap(), None);
+    assert_eq!(files.upload(created.id).await.unwrap(), Some(found));
+
+    // A second upload may not reuse a token.
+    let reused = files.create_upload(upload(owner, "again", 1, 1, 100)).await;
+    assert!(reused.is_err(), "{reused:?}");
+
+    // Completion spends the token: no chunk is accepted after it.
+    assert_eq!(
+        files
+            .commit_chunk(created.id, 0, 10, "p0", 200)
+            .await
+            .unwrap(),
+        ChunkOutcome::Committed { received: 10 }
+    );
+    assert!(
+        files
+            .complete_file(created.id, "aa", "aa", 300)
+            .await
+            .unwrap()
+    );
+    let spent = files.upload_by_token([1; 32]).await.unwrap().unwrap();
+    assert_eq!(spent.used_at_ms, Some(300));
+    assert_eq!(spent.file.status, FileStatus::Complete);
+    let after = files.commit_chunk(created.id, 10, 10, "late", 301).await;
+    assert!(matches!(after, Err(StorageError::NotFound(_))), "{after:?}");
+
+    // An expired upload takes no chunk either.
+    let late = files
+        .create_upload(upload(owner, "late", 5, 3, 100))
+        .await
+        .unwrap();
+    let expired = files.commit_chunk(late.id, 0, 5, "p", 1_100).await;
+    assert!(
+        matches!(expired, Err(StorageError::NotFound(_))),
+        "{expired:?}"
+    );
+}
+
+pub async fn upload_offsets_only_move_forward(storage: Arc<dyn Storage>) {
+    let owner = user(&storage, "ann").await;
+    let files = storage.files();
+    let file = files
+        .create_upload(upload(owner, "log.txt", 10, 1, 100))
+        .await
+        .unwrap();
+    assert_eq!(
+        files.commit_chunk(file.id, 0, 4, "a", 101).await.unwrap(),
+        ChunkOutcome::Committed { received: 4 }
+    );
+    // A repeat of the same chunk, a gap and a step back are all stale.
+    for (start, end) in [(0, 4), (5, 8), (2, 6)] {
+        assert_eq!(
+            files
+                .commit_chunk(file.id, start, end, "x", 102)
+                .await
+                .unwrap(),
+            ChunkOutcome::Stale { received: 4 },
+            "{start}..{end}"
+        );
+    }
+    for (start, end) in [(4, 4), (4, 11)] {
+        let bad = files.commit_chunk(file.id, start, end, "x", 102).await;
+        assert!(matches!(bad, Err(StorageError::Invalid(_))), "{bad:?}");
+    }
+    let unknown = files
+        .commit_chunk(conclave_core::FileId::new(999), 0, 1, "x", 102)
+        .await;
+    assert!(
+        matches!(unknown, Err(StorageError::NotFound(_))),
+        "{unknown:?}"
+    );
+
+    // Only one of two writers racing for the same offset is recorded.
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let storage = storage.clone();
+        tasks.push(tokio::spawn(async move {
+            storage
+                .files()
+                .commit_chunk(file.id, 4, 7, &format!("race-{i}"), 103)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut committed = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            ChunkOutcome::Committed { received } => {
+                assert_eq!(received, 7);
+                committed += 1;
+            }
+            ChunkOutcome::Stale { received } => assert_eq!(received, 7),
+        }
+    }
+    assert_eq!(committed, 1, "one writer wins the offset");
+    let incomplete = files.complete_file(file.id, "s", "s", 104).await;
+    assert!(
+        matches!(incomplete, Err(StorageError::Invalid(_))),
+        "{incomplete:?}"
+    );
+    files.commit_chunk(file.id, 7, 10, "c", 105).await.unwrap();
+    let parts = files.parts(file.id).await.unwrap();
+    assert_eq!(
+        parts.iter().map(|p| (p.start, p.end)).collect::<Vec<_>>(),
+        vec![(0, 4), (4, 7), (7, 10)]
+    );
+    assert_eq!(parts[0].key, "a");
+    assert!(parts[1].key.starts_with("race-"));
+    assert_eq!(files.upload(file.id).await.unwrap().unwrap().received, 10);
+}
+
+pub async fn completing_sets_the_checksum_once(storage: Arc<dyn Storage>) {
+    let owner = user(&storage, "ann").await;
+    let files = storage.files();
+    let file = files
+        .create_upload(upload(owner, "a.bin", 3, 1, 100))
+        .await
+        .unwrap();
+    files.commit_chunk(file.id, 0, 3, "p", 101).await.unwrap();
+    assert!(
+        files
+            .complete_file(file.id, "sha-1", "key-1", 200)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !files
+            .complete_file(file.id, "sha-2", "key-2", 300)
+            .await
+            .unwrap(),
+        "completing twice changes nothing"
+    );
+    let done = files.file(file.id).await.unwrap().unwrap();
+    assert_eq!(done.status, FileStatus::Complete);
+    assert_eq!(done.sha256.as_deref(), Some("sha-1"));
+    assert_eq!(done.content_key.as_deref(), Some("key-1"));
+    assert_eq!(done.completed_at_ms, Some(200));
+    assert!(
+        files.parts(file.id).await.unwrap().is_empty(),
+        "parts are forgotten"
+    );
+    // A complete file is never deleted as an upload.
+    assert!(!files.delete_upload(file.id).await.unwrap());
+    assert!(files.file(file.id).await.unwrap().is_some());
+    let unknown = files
+        .complete_file(conclave_core::FileId::new(999), "s", "k", 1)
+        .await;
+    assert!(
+        matches!(unknown, Err(StorageError::NotFound(_))),
+        "{unknown:?}"
+    );
+}
+
+pub async fn identical_content_is_found_by_its_key(storage: Arc<dyn Storage>) {
+    let (a, b) = (user(&storage, "ann").await, user(&storage, "ben").await);
+    let files = storage.files();
+    assert_eq!(files.file_by_content_key("local", "k").await.unwrap(), None);
+    let first = files
+        .create_upload(upload(a, "x", 2, 1, 100))
+        .await
+        .unwrap();
+    files.commit_chunk(first.id, 0, 2, "p", 101).await.unwrap();
+    // Pending files are not content yet.
+    assert_eq!(files.file_by_content_key("local", "k").await.unwrap(), None);
+    files.complete_file(first.id, "k", "k", 102).await.unwrap();
+    let second = files
+        .create_upload(upload(b, "y", 2, 2, 100))
+        .await
+        .unwrap();
+    files.commit_chunk(second.id, 0, 2, "q", 101).await.unwrap();
+    files.complete_file(second.id, "k", "k", 103).await.unwrap();
+    let found = files
+        .file_by_content_key("local", "k")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.id, first.id, "the oldest holder of the content");
+    assert_eq!(files.file_by_content_key("s3", "k").await.unwrap(), None);
+    assert_eq!(
+        files.file_by_content_key("local", "other").await.unwrap(),
+        None
+    );
+}
+
+pub async fn usage_sums_an_owners_live_files_and_caps_uploads(storage: Arc<dyn Storage>) {
+    let (a, b) = (user(&storage, "ann").await, user(&storage, "ben").await);
+    let files = storage.files();
+    assert_eq!(files.usage(a, 100).await.unwrap(), 0);
+    let done = files
+        .create_upload(upload(a, "done", 300, 1, 100))
+        .await
+        .unwrap();
+    files.commit_chunk(done.id, 0, 300, "p", 101).await.unwrap();
+    files.complete_file(done.id, "s", "s", 102).await.unwrap();
+    // Pending until 1_100.
+    files
+        .create_upload(upload(a, "pending", 200, 2, 100))
+        .await
+        .unwrap();
+    files
+        .create_upload(upload(b, "other", 900, 3, 100))
+        .await
+        .unwrap();
+    assert_eq!(files.usage(a, 500).await.unwrap(), 500);
+    assert_eq!(files.usage(b, 500).await.unwrap(), 900);
+    // An expired upload no longer counts; a complete file always does.
+    assert_eq!(files.usage(a, 1_100).await.unwrap(), 300);
+
+    // Quota 1_000: 500 used, 500 fits, 501 does not.
+    let over = files.create_upload(upload(a, "big", 501, 4, 500)).await;
+    assert!(
+        matches!(over, Err(StorageError::LimitReached(_))),
+        "{over:?}"
+    );
+    files
+        .create_upload(upload(a, "fits", 500, 5, 500))
+        .await
+        .unwrap();
+    assert_eq!(files.usage(a, 500).await.unwrap(), 1_000);
+
+    // Racing uploads cannot overshoot the quota together.
+    let c = user(&storage, "cat").await;
+    let mut tasks = Vec::new();
+    for i in 0..6u8 {
+        let storage = storage.clone();
+        tasks.push(tokio::spawn(async move {
+            let name = format!("f{i}");
+            storage
+                .files()
+                .create_upload(upload(c, &name, 300, 10 + i, 100))
+                .await
+        }));
+    }
+    let mut accepted = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => accepted += 1,
+            Err(StorageError::LimitReached(_)) => {}
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(accepted, 3, "3 x 300 fit in 1_000, a fourth does not");
+    assert_eq!(files.usage(c, 100).await.unwrap(), 900);
+}
+
+pub async fn expired_uploads_are_listed_and_deleted(storage: Arc<dyn Storage>) {
+    let owner = user(&storage, "ann").await;
+    let files = storage.files();
+    let early = files
+        .create_upload(NewUpload {
+            expires_at_ms: 500,
+            ..upload(owner, "early", 1, 1, 100)
+        })
+        .await
+        .unwrap();
+    let later = files
+        .create_upload(upload(owner, "later", 1, 2, 100))
+        .await
+        .unwrap();
+    let done = files
+        .create_upload(NewUpload {
+            expires_at_ms: 400,
+            ..upload(owner, "done", 1, 3, 100)
+        })
+        .await
+        .unwrap();
+    files.commit_chunk(done.id, 0, 1, "p", 101).await.unwrap();
+    files.complete_file(done.id, "s", "s", 102).await.unwrap();
+    files.commit_chunk(early.id, 0, 1, "e", 101).await.unwrap();
+
+    assert!(files.expired_uploads(500, 10).await.unwrap().is_empty());
+    let expired = files.expired_uploads(501, 10).await.unwrap();
+    assert_eq!(
+        expired.iter().map(|f| f.id).collect::<Vec<_>>(),
+        vec![early.id]
+    );
+    let both = files.expired_uploads(2_000, 10).await.unwrap();
+    assert_eq!(
+        both.iter().map(|f| f.id).collect::<Vec<_>>(),
+        vec![early.id, later.id],
+        "oldest first; complete files never"
+    );
+    assert_eq!(files.expired_uploads(2_000, 1).await.unwrap().len(), 1);
+
+    assert!(files.delete_upload(early.id).await.unwrap());
+    assert!(
+        !files.delete_upload(early.id).await.unwrap(),
+        "deleted once"
+    );
+    assert_eq!(files.file(early.id).await.unwrap(), None);
+    assert_eq!(files.upload_by_token([1; 32]).await.unwrap(), None);
+    assert!(files.parts(early.id).await.unwrap().is_empty());
+    assert_eq!(
+        files
+            .expired_uploads(2_000, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|f| f.id)
+            .collect::<Vec<_>>(),
+        vec![later.id]
+    );
+}
+
+pub async fn file_references_admit_current_channel_members(storage: Arc<dyn Storage>) {
+    let (a, b, c) = (
+        user(&storage, "ann").await,
+        user(&storage, "ben").await,
+        user(&storage, "cat").await,
+    );
+    let files = storage.files();
+    let file = files
+        .create_upload(upload(a, "x", 1, 1, 100))
+        .await
+        .unwrap();
+    let (channel, _) = storage.messages().direct_channel(a, b, 5).await.unwrap();
+    assert!(!files.referenced_for(file.id, b).await.unwrap());
+    files.add_reference(file.id, channel.id, 6).await.unwrap();
+    files.add_reference(file.id, channel.id, 7).await.unwrap(); // idempotent
+    assert!(files.referenced_for(file.id, a).await.unwrap());
+    assert!(files.referenced_for(file.id, b).await.unwrap());
+    assert!(!files.referenced_for(file.id, c).await.unwrap());
+    assert!(
+        !files
+            .referenced_for(conclave_core::FileId::new(999), b)
+            .await
+            .unwrap()
+    );
+}
+
 /// Generates one `#[tokio::test]` per conformance check. `$open` is an async
 /// expression that yields a fresh `Arc<dyn Storage>` (and may `return` early
 /// to skip when the backend's server is not configured).
@@ -1458,6 +1826,13 @@ macro_rules! conformance_tests {
             user_search_matches_prefixes_in_order_and_pages,
             group_changes_are_checked_events_in_the_channel_log,
             join_requests_are_one_per_user_and_settle_once,
+            upload_tokens_open_one_upload_until_it_completes,
+            upload_offsets_only_move_forward,
+            completing_sets_the_checksum_once,
+            identical_content_is_found_by_its_key,
+            usage_sums_an_owners_live_files_and_caps_uploads,
+            expired_uploads_are_listed_and_deleted,
+            file_references_admit_current_channel_members,
         );
     };
     (@each $open:expr; $($check:ident,)*) => {

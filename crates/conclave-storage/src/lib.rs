@@ -11,6 +11,7 @@ mod accounts;
 pub mod conformance;
 mod documents;
 mod error;
+mod files;
 mod groups;
 mod inbox;
 mod messaging;
@@ -27,6 +28,9 @@ use async_trait::async_trait;
 pub use accounts::{AccountStore, DeviceLogin, DeviceRecord, NewUser, ProfileUpdate, UserRecord};
 pub use documents::{DocumentRecord, DocumentStore, StoredDocument};
 pub use error::StorageError;
+pub use files::{
+    ChunkOutcome, FileRecord, FileStatus, FileStore, NewUpload, PartRecord, UploadRecord,
+};
 pub use groups::{
     GroupChange, GroupChanged, GroupPatch, GroupRecord, GroupStore, JoinRequestRecord, NewGroup,
 };
@@ -81,6 +85,8 @@ pub trait Storage: Send + Sync + 'static {
     fn social(&self) -> &dyn SocialStore;
 
     fn groups(&self) -> &dyn GroupStore;
+
+    fn files(&self) -> &dyn FileStore;
 }
 
 /// Write-once facts about the installation.

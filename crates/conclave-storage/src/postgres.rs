@@ -27,6 +27,7 @@
 
 mod accounts;
 mod documents;
+mod files;
 mod groups;
 mod inbox;
 mod messaging;
@@ -332,6 +333,10 @@ impl Storage for PostgresStorage {
     }
 
     fn groups(&self) -> &dyn crate::GroupStore {
+        self
+    }
+
+    fn files(&self) -> &dyn crate::FileStore {
         self
     }
 }

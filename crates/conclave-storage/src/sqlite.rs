@@ -2,6 +2,7 @@
 
 mod accounts;
 mod documents;
+mod files;
 mod group_commit;
 mod groups;
 mod inbox;
@@ -259,6 +260,10 @@ impl Storage for SqliteStorage {
     }
 
     fn groups(&self) -> &dyn crate::GroupStore {
+        self
+    }
+
+    fn files(&self) -> &dyn crate::FileStore {
         self
     }
 }

@@ -178,6 +178,9 @@ impl Storage for Scratch {
     fn groups(&self) -> &dyn conclave_storage::GroupStore {
         self.store.groups()
     }
+    fn files(&self) -> &dyn conclave_storage::FileStore {
+        self.store.files()
+    }
 }
 
 async fn fresh() -> Option<Arc<dyn Storage>> {

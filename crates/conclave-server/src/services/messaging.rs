@@ -13,6 +13,7 @@ use crate::permissions::{
     relation_and_privacy,
 };
 use crate::rpc::{RouteTable, RpcContext};
+use crate::services::files::{check_references, record_references, referenced_files};
 
 const CLIENT_MSG_ID_LEN_MAX_BYTES: usize = 64;
 const FILE_ID_LEN_MAX_BYTES: usize = 128;
@@ -246,6 +247,8 @@ async fn store_message(
     let now = crate::unix_ms();
     let (channel_record, member) = member_of(&ctx.state, channel, caller.user_id).await?;
     may_write(&ctx.state, &channel_record, &member, now).await?;
+    let files = referenced_files(content)?;
+    check_references(&ctx.state, &files, caller.user_id).await?;
     let content_json =
         serde_json::to_string(content).map_err(|err| ApiError::internal(err.to_string()))?;
     let mentions_json =
@@ -273,6 +276,9 @@ async fn store_message(
             conclave_storage::StorageError::Invalid(message) => ApiError::bad_request(message),
             other => other.into(),
         })?;
+    // After the send (a retried send records again, so nothing is lost):
+    // the channel's members may download the files from now on.
+    record_references(&ctx.state, &files, channel).await?;
     Ok(match outcome {
         SendOutcome::Sent(event) => MessageSent {
             message_id: event.message_id.unwrap_or_default(),
