@@ -40,7 +40,14 @@ impl Env {
         Env {
             server,
             dir,
-            http: support::client(),
+            // A refused upload is answered before its body is read, and the
+            // server then closes that connection; a fresh connection per
+            // request keeps the next request off a socket being closed.
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap(),
         }
     }
 
