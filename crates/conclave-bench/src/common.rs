@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use conclave_client::api::account::AuthGrant;
-use conclave_client::api::messaging::{Difference, GetDifference};
+use conclave_client::api::messaging::{BatchGetChannelPts, Difference, GetDifference};
 use conclave_client::{
     ClientError, ConnectOptions, Connection, Encoding, HttpClient, Keypair, NoiseOptions, Pattern,
     ServerInfo,
@@ -398,6 +398,26 @@ pub async fn get_difference(
             other => return other.map(|page| (page, halved)),
         }
     }
+}
+
+/// The head (pts) of `channel` as `connection`'s session sees it; 0 for a
+/// channel without events. Once this answers, the session is registered
+/// for the channel's pushes.
+///
+/// # Errors
+///
+/// Whatever the call reports.
+pub async fn channel_head(connection: &Connection, channel: ChannelId) -> Result<u64, ClientError> {
+    let heads = connection
+        .call(&BatchGetChannelPts {
+            channel_ids: Some(vec![channel]),
+        })
+        .await?;
+    Ok(heads
+        .channels
+        .iter()
+        .find(|head| head.channel_id == channel)
+        .map_or(0, |head| head.pts))
 }
 
 /// Progress bars on standard error, or nothing (tests, `--no-progress`).

@@ -15,8 +15,13 @@
 //! - [`scenarios::direct`]: pairs of users exchanging 1:1 messages at a fixed
 //!   rate (coordinated-omission-safe) or as fast as the server goes;
 //!   send->ack and send->delivery latency, delivered messages per second.
+//! - [`scenarios::group`]: groups whose members all listen while some send;
+//!   fan-out latency at every member, delivered events per second.
 //! - [`scenarios::catchup`]: devices that were offline while messages
 //!   accumulated reconnect at once and catch up by sync.
+//!
+//! [`scenarios::traffic`] holds what `direct` and `group` share: the send
+//! schedule, latency recording and the per-channel checks.
 //!
 //! Each scenario verifies what it measured: a lost, duplicated or
 //! out-of-order message fails the run, because a benchmark that loses

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use conclave_bench::scenarios::catchup::{self, CatchupOptions};
 use conclave_bench::scenarios::connections::{self, ConnectionsOptions};
 use conclave_bench::scenarios::direct::{self, DirectOptions};
+use conclave_bench::scenarios::group::{self, GroupOptions};
 use conclave_bench::{Outcome, Progress, Report, Target};
 use serde::Serialize;
 
@@ -59,8 +60,15 @@ enum Scenario {
         #[command(flatten)]
         options: CatchupOptions,
     },
-    /// Not available yet: needs group channels.
-    Group,
+    /// Fan-out in group channels: every member listens, some send;
+    /// latency (send->ack, send->delivery at every member) and delivered
+    /// events per second.
+    Group {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        options: GroupOptions,
+    },
     /// Not available yet: needs collaborative documents.
     Docs,
 }
@@ -127,7 +135,12 @@ async fn run(scenario: Scenario) -> anyhow::Result<bool> {
             let result = catchup::run(&target, &options, &progress).await?;
             finish(&common, &options, &target, &result)
         }
-        Scenario::Group => not_yet("group", "group channels"),
+        Scenario::Group { common, options } => {
+            let target = target(&common).await?;
+            let progress = Progress::new(!common.no_progress);
+            let result = group::run(&target, &options, &progress).await?;
+            finish(&common, &options, &target, &result)
+        }
         Scenario::Docs => not_yet("docs", "collaborative documents"),
     }
 }

@@ -7,6 +7,8 @@ use std::time::Duration;
 use conclave_bench::scenarios::catchup::{self, CatchupOptions};
 use conclave_bench::scenarios::connections::{self, ConnectionsOptions};
 use conclave_bench::scenarios::direct::{self, DirectOptions};
+use conclave_bench::scenarios::group::{self, GroupOptions};
+use conclave_bench::scenarios::traffic::{Pacing, Traffic};
 use conclave_bench::{Outcome, Progress, Report, Target, Transport};
 use conclave_config::Config;
 use conclave_server::ServerHandle;
@@ -74,6 +76,49 @@ fn assert_passed(outcome: &impl Outcome) {
     assert!(failures.is_empty(), "{}: {failures:#?}", outcome.scenario());
 }
 
+/// Writes the report of a passed run as the binary does, checks it and its
+/// two charts, and returns the JSON.
+fn write_report(
+    target: &Target,
+    outcome: &impl Outcome,
+    config: serde_json::Value,
+) -> serde_json::Value {
+    let out_dir = tempfile::tempdir().expect("a temporary directory");
+    let out = out_dir.path().join(format!("{}.json", outcome.scenario()));
+    let mut report = Report::new(config, target.facts(), outcome);
+    report.write(&out, None).expect("the report is written");
+    assert!(report.passed);
+    assert_eq!(report.charts.len(), 2);
+    for chart in &report.charts {
+        let svg = std::fs::read_to_string(chart).expect("the chart");
+        assert!(svg.starts_with("<svg") && svg.contains("</svg>"));
+    }
+    assert!(report.render().contains("PASSED"));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).expect("the JSON file"))
+            .expect("valid JSON");
+    assert_eq!(json["server"]["name"], "conclave");
+    assert!(json["machine"]["nproc"].as_u64().is_some_and(|n| n >= 1));
+    json
+}
+
+/// `pacing` as fast as the server answers.
+fn flat_out(pacing: &Pacing) -> Pacing {
+    Pacing {
+        rate: None,
+        max: true,
+        ..pacing.clone()
+    }
+}
+
+/// Something was acknowledged, and every acknowledged message reached each
+/// of `receivers` listeners and is persisted.
+fn assert_all_delivered(traffic: &Traffic, receivers: u64) {
+    assert!(traffic.acked > 0, "{traffic:?}");
+    assert_eq!(traffic.delivered, traffic.acked * receivers);
+    assert_eq!(traffic.persisted, traffic.acked);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scenario_runs_small_without_loss() {
     tokio::time::timeout(SMOKE_TIMEOUT, smoke())
@@ -85,7 +130,6 @@ async fn smoke() {
     let server = TestServer::start().await;
     let target = &server.target;
     let quiet = Progress::hidden();
-    let out_dir = tempfile::tempdir().expect("a temporary directory");
 
     // 20 idle connections, half over a chosen source address.
     let idle = connections::run(
@@ -145,66 +189,56 @@ async fn smoke() {
     // must page around the server's 256 KiB limit.
     let paced = DirectOptions {
         pairs: 2,
-        rate: Some(160.0),
-        max: false,
-        duration_secs: 1,
         transport: Transport::Ws,
-        window: 4,
-        text_bytes: 4000,
-        drain_secs: 5,
+        pacing: Pacing {
+            rate: Some(160.0),
+            max: false,
+            duration_secs: 1,
+            window: 4,
+            text_bytes: 4000,
+            drain_secs: 5,
+        },
     };
     let direct_ws = direct::run(target, &paced, &quiet)
         .await
         .expect("direct runs");
     assert_passed(&direct_ws);
-    assert_eq!(direct_ws.sent, 160);
-    assert_eq!(direct_ws.acked, 160);
-    assert_eq!(direct_ws.delivered, 160);
-    assert_eq!(direct_ws.persisted, 160);
+    let traffic = &direct_ws.traffic;
+    assert_eq!(traffic.sent, 160);
+    assert_eq!(traffic.acked, 160);
+    assert_eq!(traffic.delivered, 160);
+    assert_eq!(traffic.persisted, 160);
     // 4 KB texts overflow a count-sized page; the server pages by size
     // instead of refusing, so the harness never has to shrink its pages.
-    assert_eq!(direct_ws.oversized_pages, 0, "{direct_ws:?}");
-    let delivery = direct_ws.delivery_latency;
+    assert_eq!(traffic.oversized_pages, 0, "{direct_ws:?}");
+    let delivery = traffic.delivery_latency;
     assert_eq!(delivery.count, 160);
     assert!(
         delivery.p50_ms > 0.0 && delivery.p50_ms <= delivery.max_ms,
         "{delivery:?}"
     );
-    assert!(direct_ws.delivered_per_sec > 10.0, "{direct_ws:?}");
-    assert_eq!(direct_ws.timelines.delivered.total(), 160);
+    assert!(traffic.delivered_per_sec > 10.0, "{direct_ws:?}");
+    assert_eq!(traffic.timelines.delivered.total(), 160);
+    // One sender per channel: nothing is pushed to the sending sessions.
+    assert_eq!((traffic.sender_pushes, traffic.echoes), (0, 0));
 
     let flat_out = DirectOptions {
-        max: true,
-        rate: None,
         transport: Transport::Tcp,
-        text_bytes: 16,
+        pacing: Pacing {
+            text_bytes: 16,
+            ..flat_out(&paced.pacing)
+        },
         ..paced
     };
     let direct_tcp = direct::run(target, &flat_out, &quiet)
         .await
         .expect("direct --max runs");
     assert_passed(&direct_tcp);
-    assert!(direct_tcp.acked > 0);
-    assert_eq!(direct_tcp.delivered, direct_tcp.acked);
-    assert_eq!(direct_tcp.persisted, direct_tcp.acked);
+    assert_all_delivered(&direct_tcp.traffic, 1);
 
     // The report is written as the binary writes it.
-    let out = out_dir.path().join("direct.json");
-    let mut report = Report::new(serde_json::json!({"pairs": 2}), target.facts(), &direct_ws);
-    report.write(&out, None).expect("the report is written");
-    assert!(report.passed);
-    assert_eq!(report.charts.len(), 2);
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&out).expect("the JSON file"))
-            .expect("valid JSON");
+    let json = write_report(target, &direct_ws, serde_json::json!({"pairs": 2}));
     assert_eq!(json["results"]["acked"], 160);
-    assert_eq!(json["server"]["name"], "conclave");
-    assert!(json["machine"]["nproc"].as_u64().is_some_and(|n| n >= 1));
-    for chart in &report.charts {
-        let svg = std::fs::read_to_string(chart).expect("the chart");
-        assert!(svg.starts_with("<svg") && svg.contains("</svg>"));
-    }
-    assert!(report.render().contains("PASSED"));
 
     // 5 devices x 50 messages.
     let catch = catchup::run(
@@ -233,6 +267,77 @@ async fn smoke() {
     assert_eq!(catch.events_fetched, 5 * 50);
     assert!(catch.difference_calls >= 5 * (50 / 7), "{catch:?}");
     assert!(catch.all_current_secs.is_some_and(|s| s > 0.0));
+
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_fan_out_without_loss() {
+    tokio::time::timeout(SMOKE_TIMEOUT, group_smoke())
+        .await
+        .expect("the group run finishes in time");
+}
+
+async fn group_smoke() {
+    let server = TestServer::start().await;
+    let target = &server.target;
+    let quiet = Progress::hidden();
+
+    // 2 groups x 4 members, 2 senders each, 40 msg/s over all 4 senders
+    // for 2 s: 80 messages, each delivered to the 4 members of its group.
+    let paced = GroupOptions {
+        groups: 2,
+        members: 4,
+        senders: 2,
+        pacing: Pacing {
+            rate: Some(40.0),
+            max: false,
+            duration_secs: 2,
+            window: 4,
+            text_bytes: 32,
+            drain_secs: 5,
+        },
+    };
+    let fan_out = group::run(target, &paced, &quiet)
+        .await
+        .expect("group runs");
+    assert_passed(&fan_out);
+    let traffic = &fan_out.traffic;
+    assert_eq!((traffic.senders, traffic.listeners), (4, 8));
+    assert_eq!(fan_out.receivers_per_message, 4);
+    assert_eq!(fan_out.pushes_per_message, 5);
+    assert_eq!(traffic.sent, 80);
+    assert_eq!(traffic.acked, 80);
+    assert_eq!(traffic.persisted, 80);
+    assert_eq!(traffic.delivered, traffic.acked * 4);
+    assert_eq!(traffic.delivery_latency.count, 80 * 4);
+    assert_eq!(traffic.timelines.delivered.total(), 80 * 4);
+    assert_eq!(traffic.check, Default::default());
+    // The sending sessions got the other sender's messages, never their own.
+    assert!(traffic.sender_pushes > 0, "{fan_out:?}");
+    assert_eq!(traffic.echoes, 0);
+    assert!(
+        (fan_out.messages_per_sec * 4.0 - traffic.delivered_per_sec).abs() < 1e-6,
+        "{fan_out:?}"
+    );
+
+    let json = write_report(target, &fan_out, serde_json::json!({"groups": 2}));
+    assert_eq!(json["results"]["delivered"], 320);
+    assert_eq!(json["results"]["receivers_per_message"], 4);
+
+    // As fast as it goes, for a second.
+    let flat_out = GroupOptions {
+        pacing: Pacing {
+            duration_secs: 1,
+            ..flat_out(&paced.pacing)
+        },
+        ..paced
+    };
+    let fastest = group::run(target, &flat_out, &quiet)
+        .await
+        .expect("group --max runs");
+    assert_passed(&fastest);
+    assert_all_delivered(&fastest.traffic, 4);
 
     server.stop().await;
 }

@@ -1,9 +1,13 @@
 //! The scenarios. Each has an options struct (its command-line flags), a
-//! `run` function and a result that is an [`crate::Outcome`].
+//! `run` function and a result that is an [`crate::Outcome`];
+//! [`traffic`] is the paced sending, receiving and checking that `direct`
+//! and `group` share.
 
 pub mod catchup;
 pub mod connections;
 pub mod direct;
+pub mod group;
+pub mod traffic;
 
 /// At most this many error messages are kept verbatim in a result; the
 /// rest are only counted.
