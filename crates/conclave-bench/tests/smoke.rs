@@ -19,6 +19,11 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The whole smoke run, bounded so a hang fails instead of stalling CI.
 const SMOKE_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// The in-process servers of these tests share the process-wide metrics
+/// registry, and the connections scenario checks `conclave_connections`
+/// there: the tests run one at a time.
+static ONE_SERVER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct TestServer {
     handle: ServerHandle,
     target: Target,
@@ -121,6 +126,7 @@ fn assert_all_delivered(traffic: &Traffic, receivers: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scenario_runs_small_without_loss() {
+    let _alone = ONE_SERVER_AT_A_TIME.lock().await;
     tokio::time::timeout(SMOKE_TIMEOUT, smoke())
         .await
         .expect("the smoke run finishes in time");
@@ -273,6 +279,7 @@ async fn smoke() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_fan_out_without_loss() {
+    let _alone = ONE_SERVER_AT_A_TIME.lock().await;
     tokio::time::timeout(SMOKE_TIMEOUT, group_smoke())
         .await
         .expect("the group run finishes in time");

@@ -150,7 +150,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
     let tls =
         tls::TlsIdentity::load_or_generate(&config).context("preparing the QUIC certificate")?;
     let quic_cert_sha256 = tls.fingerprint();
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Metrics::shared();
     // One pool of connection slots for every transport:
     // `server.max_connections` counts them all.
     let slots = Arc::new(tokio::sync::Semaphore::new(

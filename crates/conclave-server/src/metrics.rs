@@ -27,7 +27,17 @@ pub(crate) struct Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    /// The process's series. Several servers in one process (tests) share
+    /// them, as they share the registry that `/metrics` renders: a series
+    /// of its own would count what no scrape ever shows.
+    pub fn shared() -> std::sync::Arc<Self> {
+        static SHARED: std::sync::OnceLock<std::sync::Arc<Metrics>> = std::sync::OnceLock::new();
+        SHARED
+            .get_or_init(|| std::sync::Arc::new(Self::new()))
+            .clone()
+    }
+
+    fn new() -> Self {
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "conclave_build_info",
@@ -91,8 +101,7 @@ impl Metrics {
         )
         .expect("valid metric");
 
-        // Several servers in one process (tests) share the registry: the
-        // first registration wins and later ones reuse its series.
+        // Registered once: `shared` builds these once per process.
         let registry = prometheus::default_registry();
         let _ = registry.register(Box::new(build_info));
         let _ = registry.register(Box::new(connections.clone()));
