@@ -27,6 +27,11 @@ use crate::sessions::{PushEvent, SessionChange, SessionManager};
 /// channel gaps from the database and clients resync.
 const OUTBOUND_CAPACITY: usize = 65_536;
 
+/// Session starts and ends waiting for the directory. Beyond this many (the
+/// directory is down or slow) a change is dropped: heartbeats re-add the
+/// live sessions, and an entry whose end was dropped expires with the TTL.
+const SESSION_CHANGES_CAPACITY: usize = 65_536;
+
 /// What nodes tell each other.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
@@ -88,7 +93,7 @@ pub(crate) struct Cluster {
 /// session registry reports session starts and ends (`None` on one node).
 pub(crate) struct ClusterLink {
     pub cluster: Arc<Cluster>,
-    pub session_changes: Option<mpsc::UnboundedSender<SessionChange>>,
+    pub session_changes: Option<mpsc::Sender<SessionChange>>,
 }
 
 /// What starting the cluster hands to the rest of the server.
@@ -97,10 +102,7 @@ pub(crate) struct ClusterParts {
     /// Payloads from other nodes, for the fan-out.
     pub inbound: mpsc::Receiver<Bytes>,
     /// Session starts and ends, for [`run_directory`]; `None` on one node.
-    pub changes: Option<(
-        mpsc::UnboundedSender<SessionChange>,
-        mpsc::UnboundedReceiver<SessionChange>,
-    )>,
+    pub changes: Option<(mpsc::Sender<SessionChange>, mpsc::Receiver<SessionChange>)>,
     outbound: mpsc::Receiver<Bytes>,
 }
 
@@ -165,7 +167,9 @@ impl Cluster {
             _ => Arc::new(LocalDirectory),
         };
         let (outbound_tx, outbound) = mpsc::channel(OUTBOUND_CAPACITY);
-        let changes = bus.is_clustered().then(mpsc::unbounded_channel);
+        let changes = bus
+            .is_clustered()
+            .then(|| mpsc::channel(SESSION_CHANGES_CAPACITY));
         tracing::info!(node = %node, bus = bus.kind(), "cluster membership");
         Ok(ClusterParts {
             cluster: Arc::new(Cluster {
@@ -335,7 +339,7 @@ async fn run_publisher(
 pub(crate) async fn run_directory(
     cluster: Arc<Cluster>,
     sessions: Arc<SessionManager>,
-    mut changes: mpsc::UnboundedReceiver<SessionChange>,
+    mut changes: mpsc::Receiver<SessionChange>,
     stop: CancellationToken,
 ) {
     let mut beat = tokio::time::interval(cluster.heartbeat_ttl / 3);

@@ -270,14 +270,14 @@ pub(crate) struct SessionManager {
     /// Set when other nodes may exist. Then a user's last session ending
     /// here is not announced as "offline" by this registry: the cluster does
     /// it, after checking the user is not connected elsewhere.
-    changes: Option<mpsc::UnboundedSender<SessionChange>>,
+    changes: Option<mpsc::Sender<SessionChange>>,
 }
 
 impl SessionManager {
     pub fn new(
         queue_frames: usize,
         connections: prometheus::IntGaugeVec,
-        changes: Option<mpsc::UnboundedSender<SessionChange>>,
+        changes: Option<mpsc::Sender<SessionChange>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             registry: Mutex::new(Registry::default()),
@@ -290,8 +290,10 @@ impl SessionManager {
 
     fn report(&self, change: SessionChange) {
         if let Some(changes) = &self.changes {
-            // Fails only once the cluster worker stopped (shutdown).
-            let _ = changes.send(change);
+            // A closed queue means the cluster worker stopped (shutdown).
+            if let Err(mpsc::error::TrySendError::Full(_)) = changes.try_send(change) {
+                tracing::warn!("the presence directory is behind; a session change was dropped");
+            }
         }
     }
 
