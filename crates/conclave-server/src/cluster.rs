@@ -103,19 +103,8 @@ pub(crate) struct ClusterParts {
     pub inbound: mpsc::Receiver<Bytes>,
     /// Session starts and ends, for [`run_directory`]; `None` on one node.
     pub changes: Option<(mpsc::Sender<SessionChange>, mpsc::Receiver<SessionChange>)>,
-    outbound: mpsc::Receiver<Bytes>,
-}
-
-impl ClusterParts {
-    /// Publishes queued messages in order until shutdown.
-    pub fn take_publisher(
-        &mut self,
-        stop: CancellationToken,
-    ) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let (_, empty) = mpsc::channel(1);
-        let outbound = std::mem::replace(&mut self.outbound, empty);
-        run_publisher(self.cluster.bus.clone(), outbound, stop)
-    }
+    /// Publishes queued messages in order until shutdown; spawn it.
+    pub publisher: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
 }
 
 impl Cluster {
@@ -142,7 +131,7 @@ impl Cluster {
             bus_url.map(|u| u.expose()),
             &settings.namespace,
             node.clone(),
-            stop,
+            stop.clone(),
         )
         .await
         .with_context(|| {
@@ -167,6 +156,7 @@ impl Cluster {
             _ => Arc::new(LocalDirectory),
         };
         let (outbound_tx, outbound) = mpsc::channel(OUTBOUND_CAPACITY);
+        let publisher = Box::pin(run_publisher(bus.clone(), outbound, stop));
         let changes = bus
             .is_clustered()
             .then(|| mpsc::channel(SESSION_CHANGES_CAPACITY));
@@ -181,7 +171,7 @@ impl Cluster {
             }),
             inbound,
             changes,
-            outbound,
+            publisher,
         })
     }
 

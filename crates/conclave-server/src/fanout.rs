@@ -101,21 +101,38 @@ pub(crate) async fn run(
     }
 }
 
-fn local(committed: &Committed) -> Delivery {
-    let rendered = channel_event(&committed.event);
-    Delivery {
-        event: PushEvent::for_channel(
-            rendered.event,
-            rendered.channel_id,
-            rendered.pts,
-            rendered.body,
-        ),
-        channel_id: rendered.channel_id,
-        pts: rendered.pts,
-        recipients: committed.recipients.clone(),
-        origin_session: committed.origin_session,
-        sender_device: None,
+impl Delivery {
+    /// A stored event, rendered once.
+    fn rendered(
+        event: &EventRecord,
+        recipients: Vec<UserId>,
+        origin_session: Option<u64>,
+        sender_device: Option<DeviceId>,
+    ) -> Self {
+        let rendered = channel_event(event);
+        Self {
+            event: PushEvent::for_channel(
+                rendered.event,
+                rendered.channel_id,
+                rendered.pts,
+                rendered.body,
+            ),
+            channel_id: rendered.channel_id,
+            pts: rendered.pts,
+            recipients,
+            origin_session,
+            sender_device,
+        }
     }
+}
+
+fn local(committed: &Committed) -> Delivery {
+    Delivery::rendered(
+        &committed.event,
+        committed.recipients.clone(),
+        committed.origin_session,
+        None,
+    )
 }
 
 async fn sequence(state: &AppState, sequencer: &mut Sequencer, delivery: Delivery) {
@@ -174,26 +191,14 @@ async fn fill(
         }
     };
     for event in events {
-        let rendered = channel_event(event);
         let recipients = match event.audience {
             Audience::Members => members.clone(),
             Audience::Actor => vec![event.actor_id],
         };
+        let sender_device = event.message.as_ref().map(|m| m.sender_device_id);
         deliver(
             state,
-            &Delivery {
-                event: PushEvent::for_channel(
-                    rendered.event,
-                    rendered.channel_id,
-                    rendered.pts,
-                    rendered.body,
-                ),
-                channel_id: channel,
-                pts: event.pts,
-                recipients,
-                origin_session: None,
-                sender_device: event.message.as_ref().map(|m| m.sender_device_id),
-            },
+            &Delivery::rendered(event, recipients, None, sender_device),
         );
     }
 }

@@ -278,7 +278,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
     } else {
         conclave_cluster::Sequencer::new()
     };
-    tasks.spawn(cluster.take_publisher(shutdown.clone()));
+    tasks.spawn(cluster.publisher);
     if let Some(changes) = session_changes_rx {
         tasks.spawn(cluster::run_directory(
             cluster.cluster.clone(),

@@ -507,27 +507,11 @@ impl SessionManager {
         event: &Arc<PushEvent>,
         keep: impl Fn(&SessionHandle) -> bool,
     ) -> usize {
-        let mut delivered = 0;
-        for session in self.sessions_of(user) {
-            if !keep(&session) {
-                continue;
-            }
-            match session.events.try_send(event.clone()) {
-                Ok(()) => delivered += 1,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    tracing::info!(
-                        session = session.id,
-                        "session queue full; disconnecting it to resync"
-                    );
-                    session.close(
-                        ErrorCode::SlowConsumer,
-                        "too many undelivered events; reconnect and sync",
-                    );
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
-            }
-        }
-        delivered
+        self.sessions_of(user)
+            .iter()
+            .filter(|session| keep(session))
+            .filter(|session| deliver(session, event))
+            .count()
     }
 
     /// Ends every session of these devices. `spare` (the caller's own

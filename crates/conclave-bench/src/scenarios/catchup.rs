@@ -5,8 +5,8 @@
 //! current, and checks that each got exactly the messages that were
 //! acknowledged, in pts order, with no gap.
 //!
-//! Accounts are paired, and each pair shares one direct channel (the only
-//! kind of channel there is yet); every account has `--devices-per-user`
+//! Accounts are paired, and each pair shares one direct channel (the
+//! `group` scenario covers group channels); every account has `--devices-per-user`
 //! devices. Messages are posted over HTTP, round-robin over the channels,
 //! alternating between the two members.
 

@@ -5,13 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// `CONCLAVE_TEST_POSTGRES_URL`, or `None` with a notice printed.
 pub fn admin_url() -> Option<String> {
-    match std::env::var("CONCLAVE_TEST_POSTGRES_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            eprintln!("skipping: CONCLAVE_TEST_POSTGRES_URL is not set");
-            None
-        }
-    }
+    super::env_or_notice("CONCLAVE_TEST_POSTGRES_URL")
 }
 
 /// Creates an empty database and returns its URL; `None` (with a notice)
