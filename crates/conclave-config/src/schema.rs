@@ -266,6 +266,9 @@ pub struct DocumentsConfig {
     /// Connections one document may have at once; one more is closed with
     /// code 1013.
     pub max_connections_per_document: u32,
+    /// Documents one Hocuspocus connection (`/hocuspocus`) may have open at
+    /// once; opening one more is refused with permission denied.
+    pub max_documents_per_socket: u32,
     /// After this many logged updates, a document's log is folded into a
     /// snapshot.
     pub compact_every_updates: u32,
@@ -277,6 +280,7 @@ impl Default for DocumentsConfig {
             token_ttl_secs: 60 * 60,
             update_max_bytes: 8 * 1024 * 1024,
             max_connections_per_document: 256,
+            max_documents_per_socket: 100,
             compact_every_updates: 1_000,
         }
     }

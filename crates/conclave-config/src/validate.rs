@@ -208,6 +208,12 @@ pub(crate) fn validate(config: &Config) -> Vec<(String, String)> {
             "must be at least 1".to_owned(),
         );
     }
+    if !(1..=1_000).contains(&documents.max_documents_per_socket) {
+        fail(
+            "documents.max_documents_per_socket",
+            "must be between 1 and 1000".to_owned(),
+        );
+    }
     if documents.compact_every_updates == 0 {
         fail(
             "documents.compact_every_updates",

@@ -11,6 +11,7 @@
 //! moves the bytes and stores the updates.
 
 pub mod awareness;
+pub mod hocuspocus;
 mod lib0;
 pub mod message;
 mod room;

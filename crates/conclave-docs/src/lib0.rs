@@ -27,6 +27,11 @@ impl<'a> Reader<'a> {
         self.pos < self.bytes.len()
     }
 
+    /// Bytes not read yet.
+    pub(crate) fn remaining(&self) -> usize {
+        self.bytes.len() - self.pos
+    }
+
     pub(crate) fn var_uint(&mut self) -> Result<u64, DocError> {
         let mut value: u64 = 0;
         for i in 0..VAR_UINT_MAX_BYTES {

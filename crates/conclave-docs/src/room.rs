@@ -249,6 +249,17 @@ impl Room {
     /// connection, and nothing is to be persisted again. Applying an update
     /// twice, or out of order, is harmless: Yjs updates commute.
     pub fn apply_stored(&mut self, update: &[u8]) -> Effects {
+        self.apply_for_everyone(update, false)
+    }
+
+    /// Applies an update the server made itself (restoring a version):
+    /// like a client's edit, what it changes is to be persisted, and it is
+    /// sent to every connection.
+    pub fn apply_server_update(&mut self, update: &[u8]) -> Effects {
+        self.apply_for_everyone(update, true)
+    }
+
+    fn apply_for_everyone(&mut self, update: &[u8], persist: bool) -> Effects {
         let update = match Update::decode_v1(update) {
             Ok(update) => update,
             Err(err) => return Effects::failed(DocError::InvalidUpdate(err.to_string())),
@@ -257,6 +268,9 @@ impl Room {
         let mut effects = Effects::default();
         for change in std::mem::take(&mut *lock(&self.observed)) {
             effects.push(Recipients::Everyone, message::update(&change));
+            if persist {
+                effects.persist.push(change);
+            }
         }
         if let Err(err) = applied {
             effects.error = Some(DocError::InvalidUpdate(err.to_string()));

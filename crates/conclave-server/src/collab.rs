@@ -112,15 +112,19 @@ impl Kick {
     }
 }
 
-struct Peer {
-    /// Frames for the connection's writer. Bounded; when full the reader
-    /// is too slow and is disconnected (it resyncs when it reconnects).
+/// A socket's end of the rooms it has joined: every room writes this
+/// socket's frames into one bounded queue, in order. When the queue is full
+/// the reader is too slow and the socket is closed (it resyncs when it
+/// reconnects).
+#[derive(Clone)]
+pub(crate) struct SocketLink {
     queue: mpsc::Sender<Bytes>,
     kick: Arc<Kick>,
 }
 
-impl Peer {
-    fn push(&self, frame: Bytes) {
+impl SocketLink {
+    /// Queues a frame behind everything the rooms queued before it.
+    pub(crate) fn push(&self, frame: Bytes) {
         match self.queue.try_send(frame) {
             Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
             Err(mpsc::error::TrySendError::Full(_)) => self.kick.kick(CloseCause::new(
@@ -128,6 +132,50 @@ impl Peer {
                 ErrorCode::SlowConsumer,
                 "the connection fell behind the document; reconnect",
             )),
+        }
+    }
+}
+
+/// What a socket's writer reads: the frames to send, and the signal that a
+/// room closed the socket.
+pub(crate) struct SocketInbox {
+    pub outgoing: mpsc::Receiver<Bytes>,
+    kick: Arc<Kick>,
+}
+
+impl SocketInbox {
+    /// Resolves when a room closes the socket.
+    pub(crate) fn kicked(&self) -> WaitForCancellationFutureOwned {
+        self.kick.token.clone().cancelled_owned()
+    }
+
+    pub(crate) fn kick_cause(&self) -> Option<CloseCause> {
+        lock(&self.kick.cause).clone()
+    }
+}
+
+/// How a connection's frames are framed on its socket.
+#[derive(Debug, Clone)]
+pub(crate) enum Dialect {
+    /// One document per socket, y-websocket messages as they are.
+    YWebsocket,
+    /// Many documents per socket: every frame starts with the document's
+    /// address, and stateless messages are relayed.
+    Hocuspocus { address: Bytes },
+}
+
+struct Peer {
+    link: SocketLink,
+    dialect: Dialect,
+}
+
+impl Peer {
+    fn push(&self, frame: Bytes) {
+        match &self.dialect {
+            Dialect::YWebsocket => self.link.push(frame),
+            Dialect::Hocuspocus { address } => self
+                .link
+                .push(conclave_docs::hocuspocus::addressed(address, &frame)),
         }
     }
 }
@@ -175,20 +223,6 @@ pub(crate) struct DocConnection {
     pub id: ConnectionId,
     pub document: DocumentId,
     slot: SharedSlot,
-    /// Frames to write to the socket, in order.
-    pub outgoing: mpsc::Receiver<Bytes>,
-    kick: Arc<Kick>,
-}
-
-impl DocConnection {
-    /// Resolves when the room closes this connection.
-    pub(crate) fn kicked(&self) -> WaitForCancellationFutureOwned {
-        self.kick.token.clone().cancelled_owned()
-    }
-
-    pub(crate) fn kick_cause(&self) -> Option<CloseCause> {
-        lock(&self.kick.cause).clone()
-    }
 }
 
 /// The open documents of this server.
@@ -228,27 +262,41 @@ impl DocumentRooms {
         lock(&self.rooms).len()
     }
 
+    /// A new socket's queue, sized for the greetings of `documents`
+    /// documents on top of the usual backlog.
+    pub(crate) fn socket(&self, documents: usize) -> (SocketLink, SocketInbox) {
+        let capacity = self
+            .queue_frames
+            .max(QUEUE_FRAMES_MIN.saturating_mul(documents.max(1)));
+        let (queue, outgoing) = mpsc::channel(capacity);
+        let kick = Arc::new(Kick {
+            token: CancellationToken::new(),
+            cause: Mutex::new(None),
+        });
+        (
+            SocketLink {
+                queue,
+                kick: kick.clone(),
+            },
+            SocketInbox { outgoing, kick },
+        )
+    }
+
     /// Adds a connection to the document's room (loading the room first if
-    /// needed). Its queue starts with the greeting.
+    /// needed). The greeting is queued on `link` before this returns.
     pub(crate) async fn join(
         &self,
         storage: &dyn Storage,
         document: &DocumentRecord,
         access: Access,
+        link: &SocketLink,
+        dialect: Dialect,
     ) -> Result<DocConnection, CloseCause> {
         for _ in 0..JOIN_ATTEMPTS {
             let slot = self.slot(document.id);
             let mut guard = lock_room(&slot).await?;
-            if matches!(*guard, Slot::Empty) {
-                match self.load(storage, document.id).await {
-                    Ok(live) => *guard = Slot::Live(Box::new(live)),
-                    Err(cause) => {
-                        *guard = Slot::Gone;
-                        self.forget(document.id, &slot);
-                        return Err(cause);
-                    }
-                }
-            }
+            self.load_if_empty(storage, document.id, &slot, &mut guard)
+                .await?;
             let Slot::Live(live) = &mut *guard else {
                 continue;
             };
@@ -263,16 +311,11 @@ impl DocumentRooms {
                 ));
             }
             let id = ConnectionId(self.next_connection.fetch_add(1, Ordering::Relaxed));
-            let (queue, outgoing) = mpsc::channel(self.queue_frames);
-            let kick = Arc::new(Kick {
-                token: CancellationToken::new(),
-                cause: Mutex::new(None),
-            });
             live.peers.insert(
                 id,
                 Peer {
-                    queue,
-                    kick: kick.clone(),
+                    link: link.clone(),
+                    dialect,
                 },
             );
             let greeting = live.room.connect(id, access);
@@ -281,26 +324,43 @@ impl DocumentRooms {
                 id,
                 document: document.id,
                 slot: slot.clone(),
-                outgoing,
-                kick,
             });
         }
-        Err(CloseCause::new(
-            close::TRY_AGAIN_LATER,
-            ErrorCode::Unavailable,
-            "the document is being unloaded; reconnect",
-        ))
+        Err(being_unloaded())
+    }
+
+    /// Loads the document into a slot nobody has loaded yet. A failure
+    /// leaves the slot gone.
+    async fn load_if_empty(
+        &self,
+        storage: &dyn Storage,
+        document: DocumentId,
+        slot: &SharedSlot,
+        guard: &mut Slot,
+    ) -> Result<(), CloseCause> {
+        if matches!(*guard, Slot::Empty) {
+            match self.load(storage, document).await {
+                Ok(live) => *guard = Slot::Live(Box::new(live)),
+                Err(cause) => {
+                    *guard = Slot::Gone;
+                    self.forget(document, slot);
+                    return Err(cause);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Handles one frame: apply, persist, then send. An error closes this
     /// connection only, unless storage failed: then the whole room is
-    /// dropped, because memory would hold what storage does not.
+    /// dropped, because memory would hold what storage does not. Returns
+    /// how many updates were dropped because the connection is read-only.
     pub(crate) async fn receive(
         &self,
         storage: &dyn Storage,
         conn: &DocConnection,
         frame: &[u8],
-    ) -> Result<(), CloseCause> {
+    ) -> Result<usize, CloseCause> {
         let mut guard = lock_room(&conn.slot).await?;
         let Slot::Live(live) = &mut *guard else {
             return Err(room_closed());
@@ -335,7 +395,7 @@ impl DocumentRooms {
                 "dropped updates from a read-only connection"
             );
         }
-        if let Err(cause) = append(storage, live, &effects.persist).await {
+        if let Err(cause) = self.commit(storage, live, conn.id, &effects).await {
             // Clients still hold their edits and send them again (sync step
             // 2) to the fresh room they reconnect to.
             fail(live, cause.clone());
@@ -343,20 +403,92 @@ impl DocumentRooms {
             self.forget(conn.document, &conn.slot);
             return Err(cause);
         }
+        match &effects.error {
+            Some(err) => Err(CloseCause::invalid(err)),
+            None => Ok(effects.dropped_read_only),
+        }
+    }
+
+    /// Persists what a call into the room changed, tells the other nodes,
+    /// then sends; compacts when the log is long enough.
+    async fn commit(
+        &self,
+        storage: &dyn Storage,
+        live: &mut LiveRoom,
+        sender: ConnectionId,
+        effects: &Effects,
+    ) -> Result<(), CloseCause> {
+        append(storage, live, &effects.persist).await?;
         if !effects.persist.is_empty() {
             self.cluster.publish(&BusMessage::DocumentUpdates {
-                document: conn.document,
+                document: live.document,
                 updates: effects.persist.iter().map(|u| BASE64.encode(u)).collect(),
             });
         }
-        live.fan_out(conn.id, &effects);
+        live.fan_out(sender, effects);
         if live.head_seq.saturating_sub(live.snapshot_seq) >= self.compact_every {
             self.compact(storage, live).await;
         }
-        match &effects.error {
-            Some(err) => Err(CloseCause::invalid(err)),
-            None => Ok(()),
+        Ok(())
+    }
+
+    /// Applies an update the server made (restoring a version) as if an
+    /// editor had sent it: stored, then sent to every connection here and
+    /// on other nodes. A document nobody has open is loaded for it and
+    /// unloaded again.
+    #[allow(dead_code)] // used by the version routes
+    pub(crate) async fn apply_server_update(
+        &self,
+        storage: &dyn Storage,
+        document: DocumentId,
+        update: &[u8],
+    ) -> Result<(), CloseCause> {
+        for _ in 0..JOIN_ATTEMPTS {
+            let slot = self.slot(document);
+            let mut guard = lock_room(&slot).await?;
+            self.load_if_empty(storage, document, &slot, &mut guard)
+                .await?;
+            let Slot::Live(live) = &mut *guard else {
+                continue;
+            };
+            let effects = live.room.apply_server_update(update);
+            let committed = self.commit(storage, live, ConnectionId(0), &effects).await;
+            if committed.is_err() || live.peers.is_empty() {
+                if let Err(cause) = &committed {
+                    fail(live, cause.clone());
+                } else {
+                    self.compact(storage, live).await;
+                }
+                *guard = Slot::Gone;
+                self.forget(document, &slot);
+            }
+            committed?;
+            return match &effects.error {
+                Some(err) => Err(CloseCause::invalid(err)),
+                None => Ok(()),
+            };
         }
+        Err(being_unloaded())
+    }
+
+    /// Relays a Hocuspocus stateless message to the document's other
+    /// Hocuspocus connections on this node.
+    pub(crate) async fn stateless(
+        &self,
+        conn: &DocConnection,
+        payload: &str,
+    ) -> Result<(), CloseCause> {
+        let guard = lock_room(&conn.slot).await?;
+        let Slot::Live(live) = &*guard else {
+            return Err(room_closed());
+        };
+        let frame = Bytes::from(conclave_docs::hocuspocus::stateless(payload));
+        for (id, peer) in &live.peers {
+            if *id != conn.id && matches!(peer.dialect, Dialect::Hocuspocus { .. }) {
+                peer.push(frame.clone());
+            }
+        }
+        Ok(())
     }
 
     /// Removes a connection; its awareness states become `null` for the
@@ -494,7 +626,7 @@ impl DocumentRooms {
 /// Closes every connection of a room that is being dropped.
 fn fail(live: &LiveRoom, cause: CloseCause) {
     for peer in live.peers.values() {
-        peer.kick.kick(cause.clone());
+        peer.link.kick.kick(cause.clone());
     }
 }
 
@@ -552,6 +684,14 @@ async fn lock_room(slot: &SharedSlot) -> Result<tokio::sync::MutexGuard<'_, Slot
                 "the document is busy; reconnect",
             )
         })
+}
+
+fn being_unloaded() -> CloseCause {
+    CloseCause::new(
+        close::TRY_AGAIN_LATER,
+        ErrorCode::Unavailable,
+        "the document is being unloaded; reconnect",
+    )
 }
 
 fn room_closed() -> CloseCause {

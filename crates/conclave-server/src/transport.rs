@@ -5,6 +5,7 @@ pub(crate) mod collab;
 pub(crate) mod files;
 pub(crate) mod framed;
 pub(crate) mod frames;
+pub(crate) mod hocuspocus;
 pub(crate) mod http_api;
 pub(crate) mod quic;
 pub(crate) mod tcp;

@@ -83,7 +83,10 @@ fn prepare_node() -> Result<(), String> {
         return Err("node --version failed".to_owned());
     }
     let modules = Path::new(NODE_DIR).join("node_modules");
-    if modules.join("y-websocket").is_dir() && modules.join("yjs").is_dir() {
+    if ["y-websocket", "yjs", "@hocuspocus/provider"]
+        .iter()
+        .all(|package| modules.join(package).is_dir())
+    {
         return Ok(());
     }
     let mut install = Command::new("npm")
@@ -131,9 +134,24 @@ struct Editor {
 }
 
 impl Editor {
-    /// Starts an editor for document `room` as `user` (its awareness name).
+    /// Starts a y-websocket editor for document `room` as `user` (its
+    /// awareness name).
     fn spawn(user: &str, collab_url: &str, room: &str, token: &str) -> Editor {
-        let options = json!({"url": collab_url, "room": room, "token": token, "user": user});
+        Self::start(
+            user,
+            json!({"url": collab_url, "room": room, "token": token, "user": user}),
+        )
+    }
+
+    /// Starts a Hocuspocus editor (`@hocuspocus/provider`).
+    fn spawn_hocuspocus(user: &str, url: &str, room: &str, token: &str) -> Editor {
+        Self::start(
+            user,
+            json!({"protocol": "hocuspocus", "url": url, "room": room, "token": token, "user": user}),
+        )
+    }
+
+    fn start(user: &str, options: Value) -> Editor {
         let mut child = Command::new("node")
             .arg("client.mjs")
             .arg(options.to_string())
@@ -259,6 +277,21 @@ impl Editor {
             close["code"].as_u64().unwrap_or_default(),
             close["reason"].as_str().unwrap_or_default().to_owned(),
         )
+    }
+
+    /// Hocuspocus: the granted scope, or the refusals' reasons.
+    fn wait_auth(&mut self) -> (Option<String>, Vec<String>) {
+        let auth = self.call("wait_auth", json!({"timeout_ms": step_ms()}));
+        let scope = auth["scope"].as_str().map(str::to_owned);
+        let failures = auth["failures"]
+            .as_array()
+            .map(|all| {
+                all.iter()
+                    .map(|reason| reason.as_str().unwrap_or_default().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        (scope, failures)
     }
 
     /// How many times the provider's connection has closed.
@@ -523,6 +556,153 @@ fn an_idle_editor_stays_connected() {
         "the provider heard its own awareness renewal (every 15 s) back in time"
     );
     assert_eq!(editor.text(), "still here");
+}
+
+/// Hocuspocus providers and y-websocket editors on one document: they
+/// converge, see each other's awareness, a late joiner gets everything,
+/// the server confirms every stored edit (sync status), and stateless
+/// messages reach the other Hocuspocus clients.
+#[test]
+fn hocuspocus_providers_edit_with_y_websocket_editors() {
+    if !node_ready() {
+        return;
+    }
+    let rt = runtime();
+    let env = CollabEnv::start("");
+    let (alice, bob) =
+        rt.block_on(async { (env.register("alice").await, env.register("bob").await) });
+    let channel = rt.block_on(env.direct(&alice, &bob));
+    rt.block_on(env.create_doc(&alice, "spec", Some(channel)));
+    let alice_token = rt.block_on(env.token(&alice, "spec", DocScope::ReadWrite));
+    let bob_token = rt.block_on(env.token(&bob, "spec", DocScope::ReadWrite));
+    let url = env.hocuspocus_url();
+
+    let mut a = Editor::spawn_hocuspocus("alice", &url, "spec", &alice_token);
+    let mut b = Editor::spawn_hocuspocus("bob", &url, "spec", &bob_token);
+    let mut y = Editor::spawn("alice-ws", &env.collab_url(), "spec", &alice_token);
+    assert_eq!(a.wait_auth(), (Some("read-write".to_owned()), vec![]));
+    assert_eq!(b.wait_auth(), (Some("read-write".to_owned()), vec![]));
+    assert_eq!(a.wait_synced(), "");
+    assert_eq!(b.wait_synced(), "");
+    assert_eq!(y.wait_synced(), "");
+
+    let count = 30;
+    let from_a = a.send(
+        "burst",
+        json!({"prefix": "h", "count": count, "at_start": false}),
+    );
+    let from_b = b.send(
+        "burst",
+        json!({"prefix": "k", "count": count, "at_start": true}),
+    );
+    let from_y = y.send(
+        "burst",
+        json!({"prefix": "w", "count": count, "at_start": false}),
+    );
+    a.answer(from_a);
+    b.answer(from_b);
+    y.answer(from_y);
+    let mut all = chunks("h", count);
+    all.extend(chunks("k", count));
+    all.extend(chunks("w", count));
+    let text = a.wait_text_containing(&all);
+    assert_eq!(b.wait_text_containing(&all), text);
+    assert_eq!(y.wait_text_containing(&all), text);
+    assert_eq!(text.len(), all.iter().map(String::len).sum::<usize>());
+    // Every edit was answered with "stored".
+    a.call("wait_all_stored", json!({"timeout_ms": step_ms()}));
+    b.call("wait_all_stored", json!({"timeout_ms": step_ms()}));
+
+    a.wait_peer("bob", true);
+    a.wait_peer("alice-ws", true);
+    y.wait_peer("bob", true);
+
+    a.call("send_stateless", json!({"payload": "cursor:42"}));
+    let heard = b.call(
+        "wait_stateless",
+        json!({"count": 1, "timeout_ms": step_ms()}),
+    );
+    assert_eq!(heard["payloads"], json!(["cursor:42"]));
+
+    let mut late = Editor::spawn_hocuspocus("alice-late", &url, "spec", &alice_token);
+    assert_eq!(late.wait_synced(), text);
+    late.wait_peer("bob", true);
+
+    b.kill();
+    a.wait_peer("bob", false);
+    y.wait_peer("bob", false);
+}
+
+/// A wrong token is refused with permission denied and learns nothing; a
+/// read-only token is granted "readonly", and its edits reach neither the
+/// other editors nor storage.
+#[test]
+fn hocuspocus_refuses_bad_tokens_and_keeps_read_only_edits_out() {
+    if !node_ready() {
+        return;
+    }
+    let rt = runtime();
+    let mut env = CollabEnv::start("");
+    let (alice, bob) =
+        rt.block_on(async { (env.register("alice").await, env.register("bob").await) });
+    let channel = rt.block_on(env.direct(&alice, &bob));
+    rt.block_on(env.create_doc(&alice, "plan", Some(channel)));
+    rt.block_on(env.create_doc(&alice, "elsewhere", None));
+    let writer_token = rt.block_on(env.token(&alice, "plan", DocScope::ReadWrite));
+    let viewer_token = rt.block_on(env.token(&bob, "plan", DocScope::ReadOnly));
+    let url = env.hocuspocus_url();
+
+    let mut writer = Editor::spawn_hocuspocus("alice", &url, "plan", &writer_token);
+    writer.wait_synced();
+    writer.insert(None, "base;");
+
+    let mut mallory = Editor::spawn_hocuspocus("mallory", &url, "plan", "cd1.e30.AAAA");
+    let (scope, failures) = mallory.wait_auth();
+    assert_eq!(scope, None);
+    assert!(
+        failures
+            .iter()
+            .any(|reason| reason.starts_with("unauthenticated")),
+        "{failures:?}"
+    );
+    let mut astray = Editor::spawn_hocuspocus("alice-2", &url, "elsewhere", &writer_token);
+    let (scope, failures) = astray.wait_auth();
+    assert_eq!(scope, None);
+    assert!(
+        failures
+            .iter()
+            .any(|reason| reason.starts_with("forbidden")),
+        "{failures:?}"
+    );
+
+    let mut viewer = Editor::spawn_hocuspocus("bob", &url, "plan", &viewer_token);
+    assert_eq!(viewer.wait_auth(), (Some("readonly".to_owned()), vec![]));
+    viewer.wait_text_containing(&["base;".to_owned()]);
+    viewer.insert(Some(0), "VANDAL;");
+    writer.insert(None, "after;");
+    let seen = viewer.wait_text_containing(&["after;".to_owned()]);
+    assert!(seen.contains("VANDAL;"), "the viewer keeps its local edit");
+    writer.call("wait_all_stored", json!({"timeout_ms": step_ms()}));
+    std::thread::sleep(QUIET_PERIOD);
+    assert_eq!(
+        writer.text(),
+        "base;after;",
+        "the viewer's edit never arrives"
+    );
+    assert_eq!(mallory.text(), "", "a refused provider learns nothing");
+    assert_eq!(astray.text(), "");
+    writer.wait_peer("bob", true);
+
+    // Nor is it stored: a restarted server has only what it stored.
+    for editor in [&mut writer, &mut viewer, &mut mallory, &mut astray] {
+        editor.kill();
+    }
+    let status = env.server.stop();
+    assert!(status.success(), "clean shutdown: {status:?}");
+    env.restart();
+    let url = env.hocuspocus_url();
+    let mut reloaded = Editor::spawn_hocuspocus("alice-3", &url, "plan", &writer_token);
+    assert_eq!(reloaded.wait_synced(), "base;after;");
 }
 
 /// Two nodes of a cluster (shared PostgreSQL, Redis bus): editors connected

@@ -15,8 +15,9 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use conclave_core::ErrorCode;
 use conclave_docs::Access;
+use conclave_storage::DocumentRecord;
 
-use crate::collab::{CloseCause, DocConnection, close};
+use crate::collab::{CloseCause, Dialect, close};
 use crate::permissions::may_open_document;
 use crate::state::AppState;
 use crate::tokens::{self, TokenError};
@@ -24,7 +25,7 @@ use crate::transport::bearer_token;
 
 /// Bytes tungstenite reads per syscall: most messages are small
 /// keystrokes, and idle editors should cost little memory.
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+pub(crate) const READ_BUFFER_BYTES: usize = 4 * 1024;
 
 /// How long the server waits for the client's answer to its Close frame.
 const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -53,7 +54,23 @@ pub(crate) async fn upgrade(
 async fn run(state: AppState, name: String, token: Option<String>, mut socket: WebSocket) {
     let limits = &state.config.limits;
     let write_timeout = Duration::from_millis(limits.write_timeout_ms);
-    let mut conn = match open(&state, &name, token.as_deref()).await {
+    let (link, mut inbox) = state.documents.socket(1);
+    let opened = match authorize(&state, &name, token.as_deref()).await {
+        Ok((document, access)) => {
+            state
+                .documents
+                .join(
+                    &*state.storage,
+                    &document,
+                    access,
+                    &link,
+                    Dialect::YWebsocket,
+                )
+                .await
+        }
+        Err(cause) => Err(cause),
+    };
+    let conn = match opened {
         Ok(conn) => conn,
         Err(cause) => {
             tracing::debug!(document = %name, code = cause.code, reason = %cause.message, "document connection refused");
@@ -68,7 +85,7 @@ async fn run(state: AppState, name: String, token: Option<String>, mut socket: W
     let mut heartbeat = tokio::time::interval(Duration::from_millis(limits.heartbeat_interval_ms));
     heartbeat.reset();
     let mut last_heard = Instant::now();
-    let kicked = conn.kicked();
+    let kicked = inbox.kicked();
     tokio::pin!(kicked);
     let shutdown = state.shutdown.clone();
 
@@ -76,12 +93,12 @@ async fn run(state: AppState, name: String, token: Option<String>, mut socket: W
     let cause: Option<CloseCause> = loop {
         tokio::select! {
             biased;
-            Some(frame) = conn.outgoing.recv() => {
+            Some(frame) = inbox.outgoing.recv() => {
                 if !send(&mut socket, Message::Binary(frame), write_timeout).await {
                     break None;
                 }
             }
-            () = &mut kicked => break conn.kick_cause(),
+            () = &mut kicked => break inbox.kick_cause(),
             () = shutdown.cancelled() => {
                 break Some(CloseCause::new(close::GOING_AWAY, ErrorCode::ShuttingDown, "the server is shutting down; reconnect"));
             }
@@ -129,13 +146,13 @@ async fn run(state: AppState, name: String, token: Option<String>, mut socket: W
     );
 }
 
-/// Checks the token against the document and the user's current rights,
-/// then joins the document's room.
-async fn open(
+/// Checks the token against the document and the user's current rights:
+/// the document it opens, and how.
+pub(crate) async fn authorize(
     state: &AppState,
     name: &str,
     token: Option<&str>,
-) -> Result<DocConnection, CloseCause> {
+) -> Result<(DocumentRecord, Access), CloseCause> {
     let unauthorized =
         |error, message: &str| CloseCause::new(close::UNAUTHORIZED, error, message.to_owned());
     let forbidden = || {
@@ -193,13 +210,10 @@ async fn open(
     } else {
         Access::ReadWrite
     };
-    state
-        .documents
-        .join(&*state.storage, &document, access)
-        .await
+    Ok((document, access))
 }
 
-fn too_big(max: usize) -> CloseCause {
+pub(crate) fn too_big(max: usize) -> CloseCause {
     CloseCause::new(
         close::TOO_BIG,
         ErrorCode::PayloadTooLarge,
@@ -209,7 +223,7 @@ fn too_big(max: usize) -> CloseCause {
 
 /// A read error is the end of the connection; only an oversized message
 /// is worth explaining.
-fn read_failed(err: axum::Error, max: usize) -> Option<CloseCause> {
+pub(crate) fn read_failed(err: axum::Error, max: usize) -> Option<CloseCause> {
     let inner = err.into_inner();
     match inner.downcast_ref::<tungstenite::Error>() {
         Some(tungstenite::Error::Capacity(_)) => Some(too_big(max)),
@@ -230,6 +244,15 @@ async fn goodbye(socket: &mut WebSocket, cause: &CloseCause, write_timeout: Dura
             return;
         }
     }
+    close_with(socket, cause, write_timeout).await;
+}
+
+/// Sends the Close frame for `cause` and waits briefly for the answer.
+pub(crate) async fn close_with(
+    socket: &mut WebSocket,
+    cause: &CloseCause,
+    write_timeout: Duration,
+) {
     let close = Message::Close(Some(CloseFrame {
         code: cause.code,
         reason: Utf8Bytes::from(cause.error.as_str()),
@@ -250,7 +273,7 @@ async fn goodbye(socket: &mut WebSocket, cause: &CloseCause, write_timeout: Dura
 }
 
 /// Whether the write went through in time.
-async fn send(socket: &mut WebSocket, message: Message, timeout: Duration) -> bool {
+pub(crate) async fn send(socket: &mut WebSocket, message: Message, timeout: Duration) -> bool {
     matches!(
         tokio::time::timeout(timeout, socket.send(message)).await,
         Ok(Ok(()))

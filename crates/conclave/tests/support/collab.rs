@@ -49,6 +49,11 @@ impl CollabEnv {
         format!("ws://{}/collab", self.server.http)
     }
 
+    /// What a Hocuspocus provider takes as its `url`.
+    pub fn hocuspocus_url(&self) -> String {
+        format!("ws://{}/hocuspocus", self.server.http)
+    }
+
     pub fn http(&self) -> HttpClient {
         HttpClient::new(&self.base())
     }
