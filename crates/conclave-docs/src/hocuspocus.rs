@@ -131,6 +131,13 @@ pub fn decode(frame: &[u8]) -> Result<Incoming<'_>, DocError> {
     Ok(Incoming::Document { address, message })
 }
 
+/// Splits a server message into its address and the room frame behind it.
+pub fn split_address(frame: &[u8]) -> Result<(&str, &[u8]), DocError> {
+    let mut reader = Reader::new(frame);
+    let address = reader.var_string()?;
+    Ok((address, &frame[frame.len() - reader.remaining()..]))
+}
+
 /// The encoded address that starts every message about `address`.
 pub fn address(address: &str) -> Bytes {
     let mut out = Vec::with_capacity(address.len() + 2);
@@ -258,6 +265,16 @@ mod tests {
         assert_eq!(room.as_ref(), hex("00 01 02 00 00"));
         assert!(carries_update(&room));
         assert!(!carries_update(&hex("00 00 01 00")));
+    }
+
+    #[test]
+    fn server_messages_split_into_address_and_room_frame() {
+        let frame = addressed(&address("pad"), &message::update(&[0, 0]));
+        assert_eq!(
+            split_address(&frame).unwrap(),
+            ("pad", &hex("00 02 02 00 00")[..])
+        );
+        assert!(split_address(&hex("05 70 61")).is_err());
     }
 
     #[test]

@@ -162,6 +162,9 @@ pub(crate) enum Dialect {
     /// Many documents per socket: every frame starts with the document's
     /// address, and stateless messages are relayed.
     Hocuspocus { address: Bytes },
+    /// Many documents per socket, frames behind the document's address
+    /// like Hocuspocus, for a transport that translates them (JSON).
+    Addressed { address: Bytes },
 }
 
 struct Peer {
@@ -173,7 +176,7 @@ impl Peer {
     fn push(&self, frame: Bytes) {
         match &self.dialect {
             Dialect::YWebsocket => self.link.push(frame),
-            Dialect::Hocuspocus { address } => self
+            Dialect::Hocuspocus { address } | Dialect::Addressed { address } => self
                 .link
                 .push(conclave_docs::hocuspocus::addressed(address, &frame)),
         }

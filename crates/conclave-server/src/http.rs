@@ -38,6 +38,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/ws", get(transport::ws::upgrade))
         .route("/collab/{name}", get(transport::collab::upgrade))
         .route("/hocuspocus", get(transport::hocuspocus::upgrade))
+        .route("/ws", get(transport::json_docs::upgrade))
         .route(
             UPLOAD_ROUTE,
             put(transport::files::put_content)

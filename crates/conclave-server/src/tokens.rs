@@ -77,6 +77,11 @@ pub(crate) struct DocumentClaims {
     pub expires_at_ms: i64,
 }
 
+/// Whether `token` looks like an access token (it may still be invalid).
+pub(crate) fn is_access_token(token: &str) -> bool {
+    token.starts_with(ACCESS_PREFIX)
+}
+
 pub(crate) fn issue_access(key: &[u8], claims: &AccessClaims) -> String {
     issue(ACCESS_PREFIX, key, claims)
 }

@@ -7,6 +7,7 @@ pub(crate) mod framed;
 pub(crate) mod frames;
 pub(crate) mod hocuspocus;
 pub(crate) mod http_api;
+pub(crate) mod json_docs;
 pub(crate) mod quic;
 pub(crate) mod tcp;
 pub(crate) mod ws;

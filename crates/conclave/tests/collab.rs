@@ -375,3 +375,224 @@ async fn doc_routes_check_names_members_and_owners() {
     let mut socket = connect(&env, "plan.v1", Some(&grant.token)).await;
     assert_eq!(next_binary(&mut socket).await, hex(SYNC_STEP_1_EMPTY));
 }
+
+// ---------------------------------------------------------------------------
+// The JSON protocol (`/ws`)
+
+mod json {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD as BASE64;
+    use serde_json::{Value, json};
+    use yrs::updates::decoder::Decode as _;
+    use yrs::{GetString as _, ReadTxn as _, Text as _, Transact as _};
+
+    use super::*;
+
+    async fn connect_json(env: &CollabEnv, token: &str) -> Socket {
+        let url = format!("ws://{}/ws?token={token}", env.server.http);
+        let (socket, _) = tokio::time::timeout(STEP_TIMEOUT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect in time")
+            .expect("the upgrade succeeds");
+        socket
+    }
+
+    async fn request(socket: &mut Socket, message: Value) {
+        socket
+            .send(Message::Text(message.to_string().into()))
+            .await
+            .expect("send a request");
+    }
+
+    /// The next text message, as JSON.
+    async fn next_json(socket: &mut Socket) -> Value {
+        loop {
+            let message = tokio::time::timeout(STEP_TIMEOUT, socket.next())
+                .await
+                .expect("a message in time");
+            match message {
+                Some(Ok(Message::Text(text))) => {
+                    return serde_json::from_str(&text).expect("JSON from the server");
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                other => panic!("expected a text message, got {other:?}"),
+            }
+        }
+    }
+
+    fn b64(bytes: &[u8]) -> String {
+        BASE64.encode(bytes)
+    }
+
+    fn unb64(value: &Value) -> Vec<u8> {
+        BASE64
+            .decode(value.as_str().expect("a base64 string"))
+            .expect("valid base64")
+    }
+
+    /// An editor's change: client `client` appends `chunk` to text "t" of
+    /// `doc` (which holds what it has seen); returns the update.
+    fn edit(doc: &yrs::Doc, chunk: &str) -> Vec<u8> {
+        let text = doc.get_or_insert_text("t");
+        let before = doc.transact().state_vector();
+        let mut txn = doc.transact_mut();
+        let len = text.get_string(&txn).len() as u32;
+        text.insert(&mut txn, len, chunk);
+        drop(txn);
+        doc.transact().encode_state_as_update_v1(&before)
+    }
+
+    fn text_of(update: &[u8]) -> String {
+        let doc = yrs::Doc::new();
+        let text = doc.get_or_insert_text("t");
+        doc.transact_mut()
+            .apply_update(yrs::Update::decode_v1(update).expect("a v1 update"))
+            .expect("the update applies");
+        text.get_string(&doc.transact())
+    }
+
+    /// JSON clients and a y-websocket editor share a document: syncs
+    /// answer with the diff and the server's state vector, updates reach
+    /// every other client whatever its protocol, and a read-only token's
+    /// updates reach nobody.
+    #[tokio::test]
+    async fn json_clients_edit_with_y_websocket_editors() {
+        let env = CollabEnv::start("");
+        let owner = env.register("owner").await;
+        let reader = env.register("reader").await;
+        let channel = env.direct(&owner, &reader).await;
+        env.create_doc(&owner, "doc", Some(channel)).await;
+        let doc_token = env.token(&owner, "doc", DocScope::ReadWrite).await;
+        let read_only = env.token(&reader, "doc", DocScope::ReadOnly).await;
+
+        // An access token opens every document its user may open.
+        let mut a = connect_json(&env, &owner.token).await;
+        request(&mut a, json!({"doc_id": "doc", "type": "sync"})).await;
+        let reply = next_json(&mut a).await;
+        assert_eq!(reply["type"], "sync");
+        assert_eq!(reply["doc_id"], "doc");
+        assert_eq!(unb64(&reply["update"]), [0, 0], "an empty document");
+        assert_eq!(unb64(&reply["state_vector"]), [0]);
+
+        let mut y = connect(&env, "doc", Some(&doc_token)).await;
+        assert_eq!(next_binary(&mut y).await, hex(SYNC_STEP_1_EMPTY));
+
+        let a_doc = yrs::Doc::with_client_id(7);
+        let hello = edit(&a_doc, "hello");
+        request(
+            &mut a,
+            json!({"doc_id": "doc", "type": "update", "update": b64(&hello)}),
+        )
+        .await;
+        let relayed = next_binary(&mut y).await;
+        let mut expected = vec![0, 2, hello.len() as u8];
+        expected.extend_from_slice(&hello);
+        assert_eq!(relayed, expected, "the y-websocket editor gets the update");
+
+        // A second JSON client, read-only, syncs from nothing and from a
+        // state vector.
+        let mut b = connect_json(&env, &read_only).await;
+        request(&mut b, json!({"doc_id": "doc", "type": "sync"})).await;
+        let reply = next_json(&mut b).await;
+        assert_eq!(text_of(&unb64(&reply["update"])), "hello");
+        let server_sv = unb64(&reply["state_vector"]);
+        assert_eq!(
+            yrs::StateVector::decode_v1(&server_sv).unwrap(),
+            a_doc.transact().state_vector()
+        );
+        request(
+            &mut b,
+            json!({"doc_id": "doc", "type": "sv", "update": b64(&server_sv)}),
+        )
+        .await;
+        let reply = next_json(&mut b).await;
+        assert_eq!(unb64(&reply["update"]), [0, 0], "nothing is missing");
+
+        // The y-websocket editor's change reaches both JSON clients.
+        let y_doc = yrs::Doc::with_client_id(9);
+        y_doc
+            .transact_mut()
+            .apply_update(yrs::Update::decode_v1(&hello).unwrap())
+            .unwrap();
+        let world = edit(&y_doc, " world");
+        let mut frame = vec![0, 2, world.len() as u8];
+        frame.extend_from_slice(&world);
+        send(&mut y, &frame).await;
+        for client in [&mut a, &mut b] {
+            let update = next_json(client).await;
+            assert_eq!(update["type"], "update");
+            assert_eq!(update["doc_id"], "doc");
+            assert_eq!(unb64(&update["update"]), world);
+        }
+
+        // The read-only client's edit is refused, and nobody gets it.
+        let b_doc = yrs::Doc::with_client_id(11);
+        let vandal = edit(&b_doc, "VANDAL");
+        request(
+            &mut b,
+            json!({"doc_id": "doc", "type": "update", "update": b64(&vandal)}),
+        )
+        .await;
+        let refused = next_json(&mut b).await;
+        assert_eq!(refused["type"], "error");
+        assert_eq!(refused["code"], "forbidden");
+        quiet(&mut y).await;
+
+        // What the server holds is exactly the two accepted edits.
+        request(&mut a, json!({"doc_id": "doc", "type": "sync"})).await;
+        let reply = next_json(&mut a).await;
+        assert_eq!(text_of(&unb64(&reply["update"])), "hello world");
+    }
+
+    /// Every bad request is answered with an error code and the socket
+    /// stays usable; a refused document leaves the others alone.
+    #[tokio::test]
+    async fn json_errors_have_codes_and_keep_the_socket() {
+        let env = CollabEnv::start("");
+        let owner = env.register("owner").await;
+        let stranger = env.register("stranger").await;
+        env.create_doc(&owner, "doc", None).await;
+        env.create_doc(&owner, "other", None).await;
+        let doc_token = env.token(&owner, "doc", DocScope::ReadWrite).await;
+
+        let mut socket = connect_json(&env, &doc_token).await;
+        let cases = [
+            (Value::String("not json".to_owned()), "invalid_json"),
+            (json!({"doc_id": "doc", "type": "shout"}), "bad_request"),
+            (json!({"doc_id": "doc", "type": "update"}), "bad_request"),
+            (
+                json!({"doc_id": "doc", "type": "update", "update": "!!"}),
+                "bad_request",
+            ),
+            (
+                json!({"doc_id": "doc", "type": "update", "update": b64(&[0xff, 0xff, 0xff])}),
+                "invalid_update",
+            ),
+            (json!({"doc_id": "other", "type": "sync"}), "forbidden"),
+        ];
+        for (message, code) in cases {
+            let text = match &message {
+                Value::String(raw) => raw.clone(),
+                other => other.to_string(),
+            };
+            socket.send(Message::Text(text.into())).await.expect("send");
+            let reply = next_json(&mut socket).await;
+            assert_eq!(reply["type"], "error", "{message}");
+            assert_eq!(reply["code"], code, "{message}: {reply}");
+        }
+        // Still usable, and the broken update changed nothing.
+        request(&mut socket, json!({"doc_id": "doc", "type": "sync"})).await;
+        let reply = next_json(&mut socket).await;
+        assert_eq!(reply["type"], "sync", "{reply}");
+        assert_eq!(unb64(&reply["update"]), [0, 0]);
+
+        let mut outsider = connect_json(&env, &stranger.token).await;
+        request(&mut outsider, json!({"doc_id": "doc", "type": "sync"})).await;
+        assert_eq!(next_json(&mut outsider).await["code"], "forbidden");
+        request(&mut outsider, json!({"doc_id": "nothing", "type": "sync"})).await;
+        assert_eq!(next_json(&mut outsider).await["code"], "not_found");
+        let mut forged = connect_json(&env, "ca1.e30.AAAA").await;
+        request(&mut forged, json!({"doc_id": "doc", "type": "sync"})).await;
+        assert_eq!(next_json(&mut forged).await["code"], "unauthenticated");
+    }
+}

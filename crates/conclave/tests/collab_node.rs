@@ -19,20 +19,16 @@
 mod support;
 
 use std::io::{BufRead as _, BufReader, Write as _};
-use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, sync_channel};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use conclave_client::api::documents::DocScope;
 use serde_json::{Value, json};
 use support::collab::CollabEnv;
+use support::node::{NODE_DIR, node_ready};
 
-const NODE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/node");
-
-/// `npm install` of three small packages; generous for a slow mirror.
-const NPM_INSTALL_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long a client may take for one step (sync, an edit to arrive, a
 /// peer to appear). Loopback makes these milliseconds; CI machines are busy.
 const STEP_TIMEOUT: Duration = Duration::from_secs(20);
@@ -55,71 +51,6 @@ fn step_ms() -> u64 {
 
 // ---------------------------------------------------------------------------
 // Node
-
-/// Whether node and the test's packages are ready; installs the packages
-/// once per run. Without them: a notice and `false`, or a panic under CI.
-fn node_ready() -> bool {
-    static READY: OnceLock<Result<(), String>> = OnceLock::new();
-    match READY.get_or_init(prepare_node) {
-        Ok(()) => true,
-        Err(why) => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "{why}; node and npm are required under CI"
-            );
-            println!("NOTICE: {why}; skipping");
-            false
-        }
-    }
-}
-
-fn prepare_node() -> Result<(), String> {
-    let node = Command::new("node")
-        .arg("--version")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|err| format!("node is not installed ({err})"))?;
-    if !node.status.success() {
-        return Err("node --version failed".to_owned());
-    }
-    let modules = Path::new(NODE_DIR).join("node_modules");
-    if ["y-websocket", "yjs", "@hocuspocus/provider"]
-        .iter()
-        .all(|package| modules.join(package).is_dir())
-    {
-        return Ok(());
-    }
-    let mut install = Command::new("npm")
-        .args(["install", "--no-audit", "--no-fund"])
-        .current_dir(NODE_DIR)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|err| format!("npm is not installed ({err})"))?;
-    let deadline = Instant::now() + NPM_INSTALL_TIMEOUT;
-    loop {
-        match install.try_wait() {
-            Ok(Some(status)) if status.success() => return Ok(()),
-            Ok(Some(status)) => {
-                let mut stderr = String::new();
-                if let Some(mut pipe) = install.stderr.take() {
-                    let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
-                }
-                return Err(format!("npm install failed ({status}): {stderr}"));
-            }
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = install.kill();
-                let _ = install.wait();
-                return Err(format!(
-                    "npm install took longer than {NPM_INSTALL_TIMEOUT:?}"
-                ));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(100)),
-            Err(err) => return Err(format!("waiting for npm install: {err}")),
-        }
-    }
-}
 
 /// One editor: a Node process with a Y.Doc and a WebsocketProvider.
 struct Editor {

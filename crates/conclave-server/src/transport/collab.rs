@@ -213,6 +213,52 @@ pub(crate) async fn authorize(
     Ok((document, access))
 }
 
+/// Like [`authorize`], for endpoints that also take an account's access
+/// token (`ca1.`: read-write on every document the user may open) where a
+/// document token (`cd1.`: that document, with its scope) is not handy.
+pub(crate) async fn authorize_any(
+    state: &AppState,
+    name: &str,
+    token: Option<&str>,
+) -> Result<(DocumentRecord, Access), CloseCause> {
+    let Some(access_token) = token.filter(|token| tokens::is_access_token(token)) else {
+        return authorize(state, name, token).await;
+    };
+    let caller = crate::rpc::authenticate(state, access_token, crate::unix_ms() / 1000)
+        .await
+        .map_err(|err| match err.code {
+            ErrorCode::Unavailable | ErrorCode::Internal => {
+                CloseCause::new(close::INTERNAL, ErrorCode::Unavailable, "reconnect")
+            }
+            code => CloseCause::new(close::UNAUTHORIZED, code, err.message),
+        })?;
+    let document = state
+        .storage
+        .documents()
+        .document_by_name(name)
+        .await
+        .map_err(|err| {
+            tracing::warn!(error = %err, "looking up a document failed");
+            CloseCause::new(close::INTERNAL, ErrorCode::Unavailable, "reconnect")
+        })?
+        .ok_or_else(|| {
+            CloseCause::new(
+                close::FORBIDDEN,
+                ErrorCode::NotFound,
+                format!("there is no document `{name}`"),
+            )
+        })?;
+    may_open_document(state, &document, caller.user_id)
+        .await
+        .map_err(|err| match err.code {
+            ErrorCode::Forbidden => {
+                CloseCause::new(close::FORBIDDEN, ErrorCode::Forbidden, err.message)
+            }
+            _ => CloseCause::new(close::INTERNAL, ErrorCode::Unavailable, "reconnect"),
+        })?;
+    Ok((document, Access::ReadWrite))
+}
+
 pub(crate) fn too_big(max: usize) -> CloseCause {
     CloseCause::new(
         close::TOO_BIG,

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test file uses a different part of this module
 
 pub mod collab;
+pub mod node;
 pub mod postgres;
 
 use std::io::{BufRead as _, BufReader};
