@@ -67,6 +67,10 @@ pub struct Effects {
     pub error: Option<DocError>,
     /// Updates refused because the sender is read-only.
     pub dropped_read_only: usize,
+    /// The awareness states this call changed, as one awareness update,
+    /// for the other servers of a cluster; `None` when nothing changed or
+    /// the change came from another server.
+    pub awareness_changed: Option<Vec<u8>>,
 }
 
 impl Effects {
@@ -287,9 +291,30 @@ impl Room {
         };
         let removed = self.awareness.remove(peer.controlled, now_ms);
         if !removed.is_empty() {
+            let update = self.awareness.encode(&removed);
+            effects.push(Recipients::Others, message::awareness(&update));
+            effects.awareness_changed = Some(update);
+        }
+        effects
+    }
+
+    /// Applies awareness states another server of the cluster changed (its
+    /// clients' states, renewals and removals), under the same clock rule;
+    /// what changes is sent to every connection here. These states belong
+    /// to no connection of this room: they go when the other server says
+    /// so, or when nobody renews them for 30 s.
+    pub fn apply_remote_awareness(&mut self, update: &[u8], now_ms: u64) -> Effects {
+        let entries = match awareness::decode_update(update) {
+            Ok(entries) => entries,
+            Err(err) => return Effects::failed(err),
+        };
+        let mut effects = Effects::default();
+        let changes = self.awareness.apply(entries, now_ms);
+        let shown = changes.all();
+        if !shown.is_empty() {
             effects.push(
-                Recipients::Others,
-                message::awareness(&self.awareness.encode(&removed)),
+                Recipients::Everyone,
+                message::awareness(&self.awareness.encode(&shown)),
             );
         }
         effects
@@ -371,10 +396,9 @@ impl Room {
             // To the sender too: the y-websocket client counts any message
             // as a sign of life, and awareness renewals every 15 s are what
             // keeps an idle client from reconnecting after 30 s.
-            effects.push(
-                Recipients::Everyone,
-                message::awareness(&self.awareness.encode(&shown)),
-            );
+            let update = self.awareness.encode(&shown);
+            effects.push(Recipients::Everyone, message::awareness(&update));
+            effects.awareness_changed = Some(update);
         }
         if refused.is_empty() {
             Ok(())

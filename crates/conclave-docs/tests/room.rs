@@ -522,3 +522,51 @@ fn an_update_stored_elsewhere_reaches_everyone_here_once_and_is_not_persisted_ag
     assert!(again.send.is_empty(), "a repeat changes nothing");
     assert!(room.apply_stored(b"\xff\xff").error.is_some());
 }
+
+#[test]
+fn awareness_travels_between_servers_without_echoes() {
+    // The vectors: client 1 says {"user":"a"} at clock 1, then leaves.
+    let join = hex("01 10 01 01 01 0c 7b 22 75 73 65 72 22 3a 22 61 22 7d");
+    let leave = hex("01 08 01 01 02 04 6e 75 6c 6c");
+    // The awareness update inside the frames (after `1 • length`).
+    let join_update = join[2..].to_vec();
+    let leave_update = leave[2..].to_vec();
+
+    // Server A: its editor's state is handed out for the other servers.
+    let mut a = Room::new();
+    a.connect(ConnectionId(1), Access::ReadWrite);
+    let said = a.receive(ConnectionId(1), &join, 0);
+    assert_eq!(said.awareness_changed.as_deref(), Some(&join_update[..]));
+
+    // Server B applies it: its editors see it, and it is not handed out
+    // again (no echo between servers).
+    let mut b = Room::new();
+    b.connect(ConnectionId(7), Access::ReadWrite);
+    let heard = b.apply_remote_awareness(&join_update, 0);
+    assert_eq!(
+        frames(&heard, Recipients::Everyone),
+        std::slice::from_ref(&join)
+    );
+    assert_eq!(heard.awareness_changed, None);
+    assert_eq!(b.awareness().state(1), Some(r#"{"user":"a"}"#));
+    // A newcomer on B gets it in its greeting.
+    let greeting = b.connect(ConnectionId(8), Access::ReadOnly);
+    assert_eq!(frames(&greeting, Recipients::Sender)[1], join);
+    // The same state again (a repeat on the bus) changes nothing.
+    assert!(b.apply_remote_awareness(&join_update, 0).send.is_empty());
+
+    // The editor leaves A: the removal is handed out, and B clears it.
+    let left = a.disconnect(ConnectionId(1), 0);
+    assert_eq!(left.awareness_changed.as_deref(), Some(&leave_update[..]));
+    let cleared = b.apply_remote_awareness(&leave_update, 0);
+    assert_eq!(frames(&cleared, Recipients::Everyone), [leave]);
+    assert_eq!(b.awareness().state(1), None);
+
+    // A state nobody renews expires on B by itself.
+    b.apply_remote_awareness(&hex("01 02 03 0c 7b 22 75 73 65 72 22 3a 22 62 22 7d"), 0);
+    assert_eq!(b.awareness().state(2), Some(r#"{"user":"b"}"#));
+    let swept = b.sweep(conclave_docs::AWARENESS_TIMEOUT_MS + 1);
+    assert_eq!(frames(&swept, Recipients::Everyone).len(), 1);
+    assert_eq!(b.awareness().state(2), None);
+    assert!(b.apply_remote_awareness(b"\xff", 0).error.is_some());
+}

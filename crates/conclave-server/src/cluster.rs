@@ -68,6 +68,12 @@ pub(crate) enum BusMessage {
         document: DocumentId,
         updates: Vec<String>,
     },
+    /// Awareness states a node's editors changed (an awareness update,
+    /// base64), for the editors of the document on other nodes.
+    DocumentAwareness {
+        document: DocumentId,
+        update: String,
+    },
 }
 
 impl BusMessage {
@@ -272,7 +278,9 @@ impl Cluster {
     /// Applies what another node said that is not a channel event.
     pub fn apply(&self, sessions: &SessionManager, message: BusMessage) {
         match message {
-            BusMessage::Channel { .. } | BusMessage::DocumentUpdates { .. } => {}
+            BusMessage::Channel { .. }
+            | BusMessage::DocumentUpdates { .. }
+            | BusMessage::DocumentAwareness { .. } => {}
             BusMessage::Users { users, event, body } => {
                 let event = PushEvent::named(event, body);
                 for user in users {

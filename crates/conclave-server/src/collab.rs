@@ -428,6 +428,7 @@ impl DocumentRooms {
                 updates: effects.persist.iter().map(|u| BASE64.encode(u)).collect(),
             });
         }
+        self.publish_awareness(live.document, effects);
         live.fan_out(sender, effects);
         if live.head_seq.saturating_sub(live.snapshot_seq) >= self.compact_every {
             self.compact(storage, live).await;
@@ -509,6 +510,7 @@ impl DocumentRooms {
         };
         live.peers.remove(&conn.id);
         let effects = live.room.disconnect(conn.id, self.now_ms());
+        self.publish_awareness(conn.document, &effects);
         live.fan_out(conn.id, &effects);
         if live.peers.is_empty() {
             self.compact(storage, live).await;
@@ -536,6 +538,37 @@ impl DocumentRooms {
                 }
                 live.fan_out(ConnectionId(0), &effects);
             }
+        }
+    }
+
+    /// Tells the other nodes about awareness states this node's editors
+    /// changed. A lost message costs little: states are renewed every 15 s.
+    fn publish_awareness(&self, document: DocumentId, effects: &Effects) {
+        if let Some(update) = &effects.awareness_changed
+            && self.cluster.is_clustered()
+        {
+            self.cluster.publish(&BusMessage::DocumentAwareness {
+                document,
+                update: BASE64.encode(update),
+            });
+        }
+    }
+
+    /// Applies awareness states another node's editors changed to this
+    /// node's room of the document, if it is open here.
+    pub(crate) async fn apply_remote_awareness(&self, document: DocumentId, update: &[u8]) {
+        let Some(slot) = lock(&self.rooms).get(&document).cloned() else {
+            return;
+        };
+        let Ok(mut guard) = lock_room(&slot).await else {
+            return;
+        };
+        if let Slot::Live(live) = &mut *guard {
+            let effects = live.room.apply_remote_awareness(update, self.now_ms());
+            if let Some(err) = &effects.error {
+                tracing::warn!(document = %document, error = %err, "awareness from another node does not decode");
+            }
+            live.fan_out(ConnectionId(0), &effects);
         }
     }
 

@@ -91,6 +91,11 @@ pub(crate) async fn run(
                             .collect();
                         state.documents.apply_stored(document, &updates).await;
                     }
+                    Some(BusMessage::DocumentAwareness { document, update }) => {
+                        if let Ok(update) = BASE64.decode(&update) {
+                            state.documents.apply_remote_awareness(document, &update).await;
+                        }
+                    }
                     Some(other) => state.cluster.apply(&state.sessions, other),
                     None => tracing::warn!(len = bytes.len(), "an unreadable message on the cluster bus"),
                 },

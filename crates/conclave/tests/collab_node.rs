@@ -717,7 +717,25 @@ fn editors_on_different_nodes_converge() {
     assert_eq!(text_a, text_b, "editors on two nodes converge");
     assert_eq!(text_a.len(), all.iter().map(String::len).sum::<usize>());
 
-    // A late joiner on node 1 loads what both nodes stored.
+    // Awareness crosses nodes both ways.
+    a.wait_peer("bob", true);
+    b.wait_peer("alice", true);
+
+    // A late joiner on node 1 loads what both nodes stored, and sees
+    // alice on node 0 (at the latest when her state is renewed).
     let mut late = Editor::spawn("alice-phone", &collab(1), "shared", &token(1, &alice));
     assert_eq!(late.wait_synced(), text_a);
+    late.wait_peer("alice", true);
+    a.wait_peer("alice-phone", true);
+
+    // Bob's editor dies: node 1 clears his state, and node 0 hears of it
+    // at once rather than after the 30 s expiry.
+    let gone = Instant::now();
+    b.kill();
+    a.wait_peer("bob", false);
+    assert!(
+        gone.elapsed() < Duration::from_secs(10),
+        "removal travelled on the bus, not by expiry: {:?}",
+        gone.elapsed()
+    );
 }
