@@ -272,6 +272,14 @@ pub struct DocumentsConfig {
     /// After this many logged updates, a document's log is folded into a
     /// snapshot.
     pub compact_every_updates: u32,
+    /// ... or after this many bytes of logged updates, whichever comes
+    /// first.
+    pub compact_every_bytes: u64,
+    /// A document nobody has open stays loaded this long (seconds), so a
+    /// client that reconnects at once does not reload it; 0 unloads it as
+    /// the last connection leaves. Memory is bounded by the documents open
+    /// within this window.
+    pub unload_after_idle_secs: u64,
 }
 
 impl Default for DocumentsConfig {
@@ -282,6 +290,8 @@ impl Default for DocumentsConfig {
             max_connections_per_document: 256,
             max_documents_per_socket: 100,
             compact_every_updates: 1_000,
+            compact_every_bytes: 4 * 1024 * 1024,
+            unload_after_idle_secs: 10,
         }
     }
 }

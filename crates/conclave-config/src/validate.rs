@@ -214,6 +214,18 @@ pub(crate) fn validate(config: &Config) -> Vec<(String, String)> {
             "must be between 1 and 1000".to_owned(),
         );
     }
+    if documents.compact_every_bytes == 0 {
+        fail(
+            "documents.compact_every_bytes",
+            "must be at least 1".to_owned(),
+        );
+    }
+    if documents.unload_after_idle_secs > 24 * 60 * 60 {
+        fail(
+            "documents.unload_after_idle_secs",
+            "must be at most 86400 (a day)".to_owned(),
+        );
+    }
     if documents.compact_every_updates == 0 {
         fail(
             "documents.compact_every_updates",

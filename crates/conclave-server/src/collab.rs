@@ -191,6 +191,11 @@ struct LiveRoom {
     head_seq: u64,
     /// Sequence the stored snapshot covers.
     snapshot_seq: u64,
+    /// Bytes of updates logged since the snapshot.
+    bytes_since_snapshot: u64,
+    /// When the last connection left (ms on the rooms' clock); the room is
+    /// unloaded once it has been idle for `documents.unload_after_idle_secs`.
+    idle_since_ms: Option<u64>,
 }
 
 impl LiveRoom {
@@ -238,6 +243,8 @@ pub(crate) struct DocumentRooms {
     queue_frames: usize,
     max_connections: usize,
     compact_every: u64,
+    compact_every_bytes: u64,
+    unload_after_ms: u64,
     /// Other nodes hear each stored update, for their rooms of the same
     /// document.
     cluster: Arc<Cluster>,
@@ -252,6 +259,8 @@ impl DocumentRooms {
             queue_frames: (queue_frames as usize).max(QUEUE_FRAMES_MIN),
             max_connections: config.max_connections_per_document as usize,
             compact_every: u64::from(config.compact_every_updates),
+            compact_every_bytes: config.compact_every_bytes,
+            unload_after_ms: config.unload_after_idle_secs.saturating_mul(1000),
             cluster,
         }
     }
@@ -321,6 +330,7 @@ impl DocumentRooms {
                     dialect,
                 },
             );
+            live.idle_since_ms = None;
             let greeting = live.room.connect(id, access);
             live.fan_out(id, &greeting);
             return Ok(DocConnection {
@@ -430,7 +440,9 @@ impl DocumentRooms {
         }
         self.publish_awareness(live.document, effects);
         live.fan_out(sender, effects);
-        if live.head_seq.saturating_sub(live.snapshot_seq) >= self.compact_every {
+        if live.head_seq.saturating_sub(live.snapshot_seq) >= self.compact_every
+            || live.bytes_since_snapshot >= self.compact_every_bytes
+        {
             self.compact(storage, live).await;
         }
         Ok(())
@@ -457,16 +469,22 @@ impl DocumentRooms {
             };
             let effects = live.room.apply_server_update(update);
             let committed = self.commit(storage, live, ConnectionId(0), &effects).await;
-            if committed.is_err() || live.peers.is_empty() {
-                if let Err(cause) = &committed {
-                    fail(live, cause.clone());
-                } else {
-                    self.compact(storage, live).await;
-                }
+            if let Err(cause) = committed {
+                fail(live, cause.clone());
                 *guard = Slot::Gone;
                 self.forget(document, &slot);
+                return Err(cause);
             }
-            committed?;
+            if live.peers.is_empty() {
+                self.compact(storage, live).await;
+                if self.unload_after_ms == 0 {
+                    *guard = Slot::Gone;
+                    self.forget(document, &slot);
+                    tracing::debug!(document = %document, "document unloaded");
+                } else {
+                    live.idle_since_ms.get_or_insert(self.now_ms());
+                }
+            }
             return match &effects.error {
                 Some(err) => Err(CloseCause::invalid(err)),
                 None => Ok(()),
@@ -514,9 +532,13 @@ impl DocumentRooms {
         live.fan_out(conn.id, &effects);
         if live.peers.is_empty() {
             self.compact(storage, live).await;
-            *guard = Slot::Gone;
-            self.forget(conn.document, &conn.slot);
-            tracing::debug!(document = %conn.document, "document unloaded");
+            if self.unload_after_ms == 0 {
+                *guard = Slot::Gone;
+                self.forget(conn.document, &conn.slot);
+                tracing::debug!(document = %conn.document, "document unloaded");
+            } else {
+                live.idle_since_ms = Some(self.now_ms());
+            }
         }
     }
 
@@ -599,19 +621,35 @@ impl DocumentRooms {
         compact(storage, live).await;
     }
 
-    /// Drops awareness states nobody renewed for 30 s, in every room.
-    pub(crate) fn sweep(&self) {
-        let slots: Vec<SharedSlot> = lock(&self.rooms).values().cloned().collect();
+    /// Drops awareness states nobody renewed for 30 s, in every room, and
+    /// unloads documents nobody has had open for
+    /// `documents.unload_after_idle_secs` (after a last snapshot).
+    pub(crate) async fn sweep(&self, storage: &dyn Storage) {
+        let slots: Vec<(DocumentId, SharedSlot)> = lock(&self.rooms)
+            .iter()
+            .map(|(id, slot)| (*id, slot.clone()))
+            .collect();
         let now_ms = self.now_ms();
-        for slot in slots {
+        for (document, slot) in slots {
             // A room busy with storage is swept next time round; the sweep
             // must not queue behind it.
             let Ok(mut guard) = slot.try_lock() else {
                 continue;
             };
-            if let Slot::Live(live) = &mut *guard {
-                let effects = live.room.sweep(now_ms);
-                live.fan_out(ConnectionId(0), &effects);
+            let Slot::Live(live) = &mut *guard else {
+                continue;
+            };
+            let effects = live.room.sweep(now_ms);
+            live.fan_out(ConnectionId(0), &effects);
+            let idle_enough = live
+                .idle_since_ms
+                .is_some_and(|since| now_ms.saturating_sub(since) >= self.unload_after_ms);
+            if idle_enough && live.peers.is_empty() {
+                // Updates from other nodes may have arrived while idle.
+                self.compact(storage, live).await;
+                *guard = Slot::Gone;
+                self.forget(document, &slot);
+                tracing::debug!(document = %document, "document unloaded");
             }
         }
     }
@@ -655,6 +693,8 @@ impl DocumentRooms {
             peers: HashMap::new(),
             head_seq: stored.head_seq(),
             snapshot_seq: stored.snapshot_seq,
+            bytes_since_snapshot: stored.updates.iter().map(|(_, u)| u.len() as u64).sum(),
+            idle_since_ms: None,
         })
     }
 }
@@ -684,6 +724,7 @@ async fn append(
         .map_err(|_| CloseCause::storage("appending an update timed out"))?
         .map_err(CloseCause::storage)?;
         live.head_seq = seq;
+        live.bytes_since_snapshot += update.len() as u64;
     }
     Ok(())
 }
@@ -702,7 +743,10 @@ async fn compact(storage: &dyn Storage, live: &mut LiveRoom) {
     )
     .await;
     match result {
-        Ok(Ok(_)) => live.snapshot_seq = live.head_seq,
+        Ok(Ok(_)) => {
+            live.snapshot_seq = live.head_seq;
+            live.bytes_since_snapshot = 0;
+        }
         Ok(Err(err)) => {
             tracing::warn!(document = %live.document, error = %err, "document compaction failed")
         }

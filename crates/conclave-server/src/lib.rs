@@ -314,7 +314,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
             tokio::select! {
                 () = stop.cancelled() => break,
                 _ = every.tick() => {
-                    swept.documents.sweep();
+                    swept.documents.sweep(&*swept.storage).await;
                     swept
                         .metrics
                         .documents_open

@@ -376,6 +376,58 @@ async fn doc_routes_check_names_members_and_owners() {
     assert_eq!(next_binary(&mut socket).await, hex(SYNC_STEP_1_EMPTY));
 }
 
+/// A document nobody has open stays loaded for `unload_after_idle_secs`
+/// (an editor reconnecting at once finds it in memory), then is unloaded;
+/// the next editor loads it from storage with everything in it.
+#[tokio::test]
+async fn an_idle_document_stays_loaded_for_a_while_then_unloads() {
+    let (env, token) = owner_with_doc(
+        "[log]\nlevel = \"info,conclave_server::collab=debug\"\n\
+         [documents]\nunload_after_idle_secs = 2\n",
+    )
+    .await;
+    let loads = || {
+        env.server
+            .logs()
+            .iter()
+            .filter(|line| line["message"] == "document loaded")
+            .count()
+    };
+    let unloads = || {
+        env.server
+            .logs()
+            .iter()
+            .filter(|line| line["message"] == "document unloaded")
+            .count()
+    };
+    let mut first = connect(&env, "doc", Some(&token)).await;
+    assert_eq!(next_binary(&mut first).await, hex(SYNC_STEP_1_EMPTY));
+    send(&mut first, &hex(UPDATE_HI)).await;
+    // Its own step 1 is answered, so the update before it was handled.
+    send(&mut first, &hex(SYNC_STEP_1_EMPTY)).await;
+    next_binary(&mut first).await;
+    first.close(None).await.expect("close");
+    drop(first);
+
+    // Back at once: the document is still in memory.
+    let mut again = connect(&env, "doc", Some(&token)).await;
+    assert_eq!(next_binary(&mut again).await, hex("00 00 03 01 01 02"));
+    again.close(None).await.expect("close");
+    drop(again);
+    assert_eq!(loads(), 1, "not loaded a second time");
+    assert_eq!(unloads(), 0, "not unloaded while someone came back at once");
+
+    env.server
+        .wait_for_log("document unloaded", Duration::from_secs(20));
+    let mut later = connect(&env, "doc", Some(&token)).await;
+    assert_eq!(
+        next_binary(&mut later).await,
+        hex("00 00 03 01 01 02"),
+        "loaded from storage with the edit"
+    );
+    assert_eq!(loads(), 2);
+}
+
 // ---------------------------------------------------------------------------
 // The JSON protocol (`/ws`)
 

@@ -53,7 +53,10 @@ const SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
 /// client has gone (a snapshot of the whole document).
 const UNLOAD_TIMEOUT: Duration = Duration::from_secs(30);
 
-const LOG_ROOMS: &str = "[log]\nlevel = \"info,conclave_server::collab=debug\"\n";
+/// The room's debug lines, and documents unloaded a second after their
+/// last editor leaves.
+const LOG_ROOMS: &str = "[log]\nlevel = \"info,conclave_server::collab=debug\"\n\
+                         [documents]\nunload_after_idle_secs = 1\n";
 
 // ---------------------------------------------------------------------------
 // Node
