@@ -11,12 +11,14 @@
 //! moves the bytes and stores the updates.
 
 pub mod awareness;
+pub mod history;
 pub mod hocuspocus;
 mod lib0;
 pub mod message;
 mod room;
 
 pub use awareness::{AWARENESS_TIMEOUT_MS, AwarenessEntry, AwarenessTable};
+pub use history::{merged_state, restore_update};
 pub use room::{
     AWARENESS_CLIENTS_PER_CONNECTION_MAX, Access, ConnectionId, Effects, Outbound, Recipients, Room,
 };

@@ -74,6 +74,12 @@ pub(crate) enum BusMessage {
         document: DocumentId,
         update: String,
     },
+    /// A Hocuspocus stateless message, for the document's Hocuspocus
+    /// connections on other nodes.
+    DocumentStateless {
+        document: DocumentId,
+        payload: String,
+    },
 }
 
 impl BusMessage {
@@ -280,7 +286,8 @@ impl Cluster {
         match message {
             BusMessage::Channel { .. }
             | BusMessage::DocumentUpdates { .. }
-            | BusMessage::DocumentAwareness { .. } => {}
+            | BusMessage::DocumentAwareness { .. }
+            | BusMessage::DocumentStateless { .. } => {}
             BusMessage::Users { users, event, body } => {
                 let event = PushEvent::named(event, body);
                 for user in users {

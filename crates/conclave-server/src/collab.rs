@@ -199,6 +199,16 @@ struct LiveRoom {
 }
 
 impl LiveRoom {
+    /// Sends a stateless message to the Hocuspocus connections but `sender`.
+    fn relay_stateless(&self, sender: ConnectionId, payload: &str) {
+        let frame = Bytes::from(conclave_docs::hocuspocus::stateless(payload));
+        for (id, peer) in &self.peers {
+            if *id != sender && matches!(peer.dialect, Dialect::Hocuspocus { .. }) {
+                peer.push(frame.clone());
+            }
+        }
+    }
+
     fn fan_out(&self, sender: ConnectionId, effects: &Effects) {
         for out in &effects.send {
             for (id, peer) in &self.peers {
@@ -448,17 +458,18 @@ impl DocumentRooms {
         Ok(())
     }
 
-    /// Applies an update the server made (restoring a version) as if an
-    /// editor had sent it: stored, then sent to every connection here and
-    /// on other nodes. A document nobody has open is loaded for it and
-    /// unloaded again.
-    #[allow(dead_code)] // used by the version routes
-    pub(crate) async fn apply_server_update(
+    /// Makes an edit of the server's own (restoring a version): `edit` gets
+    /// the document's whole current state (v1), read under its lock, and
+    /// returns the update to apply, which is then handled as if an editor
+    /// had sent it: stored, then sent to every connection here and on
+    /// other nodes. A document nobody has open is loaded for it.
+    pub(crate) async fn apply_server_edit(
         &self,
         storage: &dyn Storage,
         document: DocumentId,
-        update: &[u8],
+        edit: impl FnOnce(&[u8]) -> Result<Vec<u8>, DocError>,
     ) -> Result<(), CloseCause> {
+        let mut edit = Some(edit);
         for _ in 0..JOIN_ATTEMPTS {
             let slot = self.slot(document);
             let mut guard = lock_room(&slot).await?;
@@ -467,7 +478,16 @@ impl DocumentRooms {
             let Slot::Live(live) = &mut *guard else {
                 continue;
             };
-            let effects = live.room.apply_server_update(update);
+            if self.cluster.is_clustered() {
+                // Other nodes' updates may not have reached this room yet.
+                self.catch_up(storage, live).await?;
+            }
+            let Some(edit) = edit.take() else {
+                break;
+            };
+            let update =
+                edit(&live.room.encode_state()).map_err(|err| CloseCause::invalid(&err))?;
+            let effects = live.room.apply_server_update(&update);
             let committed = self.commit(storage, live, ConnectionId(0), &effects).await;
             if let Err(cause) = committed {
                 fail(live, cause.clone());
@@ -494,7 +514,7 @@ impl DocumentRooms {
     }
 
     /// Relays a Hocuspocus stateless message to the document's other
-    /// Hocuspocus connections on this node.
+    /// Hocuspocus connections, on this node and the others.
     pub(crate) async fn stateless(
         &self,
         conn: &DocConnection,
@@ -504,13 +524,27 @@ impl DocumentRooms {
         let Slot::Live(live) = &*guard else {
             return Err(room_closed());
         };
-        let frame = Bytes::from(conclave_docs::hocuspocus::stateless(payload));
-        for (id, peer) in &live.peers {
-            if *id != conn.id && matches!(peer.dialect, Dialect::Hocuspocus { .. }) {
-                peer.push(frame.clone());
-            }
+        live.relay_stateless(conn.id, payload);
+        if self.cluster.is_clustered() {
+            self.cluster.publish(&BusMessage::DocumentStateless {
+                document: conn.document,
+                payload: payload.to_owned(),
+            });
         }
         Ok(())
+    }
+
+    /// A stateless message from another node's Hocuspocus connection.
+    pub(crate) async fn apply_remote_stateless(&self, document: DocumentId, payload: &str) {
+        let Some(slot) = lock(&self.rooms).get(&document).cloned() else {
+            return;
+        };
+        let Ok(guard) = lock_room(&slot).await else {
+            return;
+        };
+        if let Slot::Live(live) = &*guard {
+            live.relay_stateless(ConnectionId(0), payload);
+        }
     }
 
     /// Removes a connection; its awareness states become `null` for the
@@ -600,25 +634,30 @@ impl DocumentRooms {
     /// (its bus message is late or lost): the stored log is applied first,
     /// so the snapshot never drops what storage holds.
     async fn compact(&self, storage: &dyn Storage, live: &mut LiveRoom) {
-        if self.cluster.is_clustered() {
-            let stored =
-                tokio::time::timeout(STORAGE_TIMEOUT, storage.documents().load(live.document))
-                    .await;
-            let Ok(Ok(stored)) = stored else {
-                tracing::warn!(document = %live.document, "could not read the document's log to compact it");
-                return;
-            };
-            for bytes in stored
-                .snapshot
-                .iter()
-                .chain(stored.updates.iter().map(|(_, u)| u))
-            {
-                let effects = live.room.apply_stored(bytes);
-                live.fan_out(ConnectionId(0), &effects);
-            }
-            live.head_seq = live.head_seq.max(stored.head_seq());
+        if self.cluster.is_clustered() && self.catch_up(storage, live).await.is_err() {
+            tracing::warn!(document = %live.document, "could not read the document's log to compact it");
+            return;
         }
         compact(storage, live).await;
+    }
+
+    /// Applies everything storage holds for the document to its room: on a
+    /// cluster, other nodes' updates whose bus messages are late or lost.
+    async fn catch_up(&self, storage: &dyn Storage, live: &mut LiveRoom) -> Result<(), CloseCause> {
+        let stored = tokio::time::timeout(STORAGE_TIMEOUT, storage.documents().load(live.document))
+            .await
+            .map_err(|_| CloseCause::storage("reading the document timed out"))?
+            .map_err(CloseCause::storage)?;
+        for bytes in stored
+            .snapshot
+            .iter()
+            .chain(stored.updates.iter().map(|(_, u)| u))
+        {
+            let effects = live.room.apply_stored(bytes);
+            live.fan_out(ConnectionId(0), &effects);
+        }
+        live.head_seq = live.head_seq.max(stored.head_seq());
+        Ok(())
     }
 
     /// Drops awareness states nobody renewed for 30 s, in every room, and

@@ -91,6 +91,9 @@ pub(crate) async fn run(
                             .collect();
                         state.documents.apply_stored(document, &updates).await;
                     }
+                    Some(BusMessage::DocumentStateless { document, payload }) => {
+                        state.documents.apply_remote_stateless(document, &payload).await;
+                    }
                     Some(BusMessage::DocumentAwareness { document, update }) => {
                         if let Ok(update) = BASE64.decode(&update) {
                             state.documents.apply_remote_awareness(document, &update).await;

@@ -912,6 +912,176 @@ pub async fn concurrent_document_appends_lose_nothing(storage: Arc<dyn Storage>)
     assert_eq!(bytes, (0..16).collect::<Vec<u8>>());
 }
 
+pub async fn document_versions_are_numbered_listed_and_read_back(storage: Arc<dyn Storage>) {
+    let (ann, ben) = (user(&storage, "ann").await, user(&storage, "ben").await);
+    let documents = storage.documents();
+    let doc = documents.create_document("d", ann, None, 1).await.unwrap();
+    let other = documents.create_document("e", ann, None, 1).await.unwrap();
+    assert_eq!(documents.versions(doc.id).await.unwrap(), vec![]);
+    assert_eq!(documents.version_state(doc.id, 1).await.unwrap(), None);
+    for i in 1..=3u8 {
+        documents.append_update(doc.id, &[i], 2).await.unwrap();
+    }
+    let first = documents
+        .create_version(doc.id, "draft", ann, b"state one", 2, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        first,
+        crate::VersionRecord {
+            document_id: doc.id,
+            version: 1,
+            name: "draft".into(),
+            created_by: ann,
+            created_at_ms: 10,
+            covers_seq: 2,
+            size_bytes: 9,
+        }
+    );
+    let long_name = "é".repeat(crate::VERSION_NAME_MAX_CHARS);
+    let second = documents
+        .create_version(doc.id, &long_name, ben, b"", 3, 11)
+        .await
+        .unwrap();
+    assert_eq!((second.version, second.size_bytes), (2, 0));
+    assert_eq!(second.name, long_name, "a name is counted in characters");
+    let third = documents
+        .create_version(doc.id, "draft", ann, &[0, 255, 7], 3, 12)
+        .await
+        .unwrap();
+    assert_eq!(third.version, 3, "names are not unique");
+    assert_eq!(
+        documents
+            .create_version(other.id, "draft", ann, b"x", 0, 13)
+            .await
+            .unwrap()
+            .version,
+        1,
+        "each document counts on its own"
+    );
+
+    assert_eq!(
+        documents.versions(doc.id).await.unwrap(),
+        vec![third.clone(), second.clone(), first.clone()],
+        "newest first"
+    );
+    assert_eq!(
+        documents.version_state(doc.id, 1).await.unwrap(),
+        Some((first.clone(), b"state one".to_vec()))
+    );
+    assert_eq!(
+        documents.version_state(doc.id, 3).await.unwrap(),
+        Some((third.clone(), vec![0, 255, 7]))
+    );
+    assert_eq!(documents.version_state(doc.id, 4).await.unwrap(), None);
+    assert_eq!(documents.version_state(doc.id, 0).await.unwrap(), None);
+    assert_eq!(
+        documents.version_state(doc.id, u64::MAX).await.unwrap(),
+        None
+    );
+
+    // Compaction and further updates leave versions alone.
+    assert!(documents.compact(doc.id, b"S3", 3, 20).await.unwrap());
+    documents.append_update(doc.id, &[4], 21).await.unwrap();
+    assert_eq!(
+        documents.versions(doc.id).await.unwrap(),
+        vec![third, second, first]
+    );
+}
+
+pub async fn document_version_refusals_change_nothing(storage: Arc<dyn Storage>) {
+    let ann = user(&storage, "ann").await;
+    let documents = storage.documents();
+    let doc = documents.create_document("d", ann, None, 1).await.unwrap();
+    documents.append_update(doc.id, &[1], 2).await.unwrap();
+    let too_long = "x".repeat(crate::VERSION_NAME_MAX_CHARS + 1);
+    for name in ["", too_long.as_str()] {
+        let refused = documents
+            .create_version(doc.id, name, ann, b"s", 1, 3)
+            .await;
+        assert!(
+            matches!(refused, Err(StorageError::Invalid(_))),
+            "{name:?}: {refused:?}"
+        );
+    }
+    let ahead = documents.create_version(doc.id, "v", ann, b"s", 2, 3).await;
+    assert!(
+        matches!(ahead, Err(StorageError::Invalid(_))),
+        "a state cannot cover updates that do not exist: {ahead:?}"
+    );
+    let missing = conclave_core::DocumentId::new(999_999);
+    assert!(matches!(
+        documents
+            .create_version(missing, "v", ann, b"s", 0, 3)
+            .await,
+        Err(StorageError::NotFound(_))
+    ));
+    assert!(matches!(
+        documents.versions(missing).await,
+        Err(StorageError::NotFound(_))
+    ));
+    assert!(matches!(
+        documents.version_state(missing, 1).await,
+        Err(StorageError::NotFound(_))
+    ));
+    assert_eq!(documents.versions(doc.id).await.unwrap(), vec![]);
+    assert_eq!(
+        documents
+            .create_version(doc.id, "v", ann, b"s", 1, 4)
+            .await
+            .unwrap()
+            .version,
+        1,
+        "refused versions took no number"
+    );
+}
+
+pub async fn concurrent_document_versions_get_distinct_numbers(storage: Arc<dyn Storage>) {
+    let owner = user(&storage, "ann").await;
+    let doc = storage
+        .documents()
+        .create_document("d", owner, None, 1)
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..12u8 {
+        let storage = storage.clone();
+        tasks.push(tokio::spawn(async move {
+            storage
+                .documents()
+                .create_version(doc.id, &format!("v{i}"), owner, &[i], 0, 1)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut numbers = Vec::new();
+    for task in tasks {
+        let record = task.await.unwrap();
+        assert_eq!(record.size_bytes, 1);
+        numbers.push(record.version);
+    }
+    numbers.sort_unstable();
+    assert_eq!(numbers, (1..=12).collect::<Vec<u64>>());
+    let listed = storage.documents().versions(doc.id).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|v| v.version).collect::<Vec<_>>(),
+        (1..=12).rev().collect::<Vec<u64>>()
+    );
+    for record in listed {
+        let (_, state) = storage
+            .documents()
+            .version_state(doc.id, record.version)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            record.name,
+            format!("v{}", state[0]),
+            "each name kept its state"
+        );
+    }
+}
+
 pub async fn friend_requests_are_single_and_accepting_makes_friends(storage: Arc<dyn Storage>) {
     let (a, b) = (user(&storage, "ann").await, user(&storage, "ben").await);
     let social = storage.social();
@@ -1821,6 +1991,9 @@ macro_rules! conformance_tests {
             document_updates_get_contiguous_seqs_and_load_in_order,
             compaction_replaces_a_prefix_of_the_log,
             concurrent_document_appends_lose_nothing,
+            document_versions_are_numbered_listed_and_read_back,
+            document_version_refusals_change_nothing,
+            concurrent_document_versions_get_distinct_numbers,
             friend_requests_are_single_and_accepting_makes_friends,
             blocks_withdraw_requests_and_privacy_rows_exist,
             user_search_matches_prefixes_in_order_and_pages,

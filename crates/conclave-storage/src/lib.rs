@@ -26,7 +26,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use accounts::{AccountStore, DeviceLogin, DeviceRecord, NewUser, ProfileUpdate, UserRecord};
-pub use documents::{DocumentRecord, DocumentStore, StoredDocument};
+pub use documents::{
+    DocumentRecord, DocumentStore, StoredDocument, VERSION_NAME_MAX_CHARS, VersionRecord,
+};
 pub use error::StorageError;
 pub use files::{
     ChunkOutcome, FileRecord, FileStatus, FileStore, NewUpload, PartRecord, UploadRecord,

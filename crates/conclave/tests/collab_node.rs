@@ -194,6 +194,13 @@ impl Editor {
         ))
     }
 
+    fn wait_text_equal(&mut self, expected: &str) -> String {
+        text_of(&self.call(
+            "wait_text",
+            json!({"equals": expected, "timeout_ms": step_ms()}),
+        ))
+    }
+
     fn wait_peer(&mut self, name: &str, present: bool) {
         self.call(
             "wait_peer",
@@ -636,6 +643,165 @@ fn hocuspocus_refuses_bad_tokens_and_keeps_read_only_edits_out() {
     assert_eq!(reloaded.wait_synced(), "base;after;");
 }
 
+/// Named versions: saved from what editors typed, listed, read back as a
+/// Yjs update, and restored for everyone editing (the current content
+/// saved first); the restore is stored like any edit.
+#[test]
+fn versions_are_saved_listed_read_and_restored_for_everyone() {
+    use base64::Engine as _;
+    use conclave_client::api::documents::{
+        DocVersionCreate, DocVersionGet, DocVersionList, DocVersionRestore,
+    };
+    use yrs::updates::decoder::Decode as _;
+    use yrs::{GetString as _, Transact as _};
+
+    if !node_ready() {
+        return;
+    }
+    let rt = runtime();
+    let mut env = CollabEnv::start("");
+    let (alice, bob, eve) = rt.block_on(async {
+        (
+            env.register("alice").await,
+            env.register("bob").await,
+            env.register("eve").await,
+        )
+    });
+    let channel = rt.block_on(env.direct(&alice, &bob));
+    rt.block_on(env.create_doc(&alice, "essay", Some(channel)));
+    let alice_token = rt.block_on(env.token(&alice, "essay", DocScope::ReadWrite));
+    let bob_token = rt.block_on(env.token(&bob, "essay", DocScope::ReadWrite));
+    let mut a = Editor::spawn("alice", &env.collab_url(), "essay", &alice_token);
+    let mut b = Editor::spawn_hocuspocus("bob", &env.hocuspocus_url(), "essay", &bob_token);
+    a.wait_synced();
+    b.wait_synced();
+    a.insert(None, "first draft;");
+    b.wait_text_equal("first draft;");
+
+    let version_text = |state: &str| {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(state)
+            .expect("base64");
+        let doc = yrs::Doc::new();
+        let text = doc.get_or_insert_text("text");
+        doc.transact_mut()
+            .apply_update(yrs::Update::decode_v1(&bytes).expect("a v1 update"))
+            .expect("applies");
+        text.get_string(&doc.transact())
+    };
+    let (saved, listed, content) = rt.block_on(async {
+        let saved = env
+            .as_user(&bob)
+            .call(&DocVersionCreate {
+                name: "essay".to_owned(),
+                label: "Draft 1".to_owned(),
+            })
+            .await
+            .expect("doc/version/create");
+        let listed = env
+            .as_user(&alice)
+            .call(&DocVersionList {
+                name: "essay".to_owned(),
+            })
+            .await
+            .expect("doc/version/list");
+        let content = env
+            .as_user(&alice)
+            .call(&DocVersionGet {
+                name: "essay".to_owned(),
+                version: saved.version,
+            })
+            .await
+            .expect("doc/version/get");
+        (saved, listed, content)
+    });
+    assert_eq!(saved.version, 1);
+    assert_eq!(saved.label, "Draft 1");
+    assert_eq!(saved.created_by, bob.user_id);
+    assert_eq!(listed.versions, vec![saved.clone()]);
+    assert_eq!(version_text(&content.state), "first draft;");
+
+    // More edits, from both sides, then the restore.
+    a.insert(None, "second;");
+    b.insert(Some(0), "intro;");
+    let edited = a.wait_text_containing(&["intro;".to_owned(), "second;".to_owned()]);
+    assert_eq!(b.wait_text_equal(&edited), edited);
+    let restored = rt.block_on(async {
+        env.as_user(&alice)
+            .call(&DocVersionRestore {
+                name: "essay".to_owned(),
+                version: 1,
+            })
+            .await
+            .expect("doc/version/restore")
+    });
+    assert_eq!(restored.saved.version, 2);
+    assert_eq!(restored.saved.label, "before restoring version 1");
+    assert_eq!(a.wait_text_equal("first draft;"), "first draft;");
+    assert_eq!(b.wait_text_equal("first draft;"), "first draft;");
+    let before = rt.block_on(async {
+        env.as_user(&bob)
+            .call(&DocVersionGet {
+                name: "essay".to_owned(),
+                version: 2,
+            })
+            .await
+            .expect("the automatic version")
+    });
+    assert_eq!(
+        version_text(&before.state),
+        edited,
+        "the restore can be undone"
+    );
+    // Editing goes on from the restored text.
+    a.insert(None, "third;");
+    b.wait_text_equal("first draft;third;");
+
+    // Refusals.
+    let errors = rt.block_on(async {
+        let stranger = env
+            .as_user(&eve)
+            .call(&DocVersionList {
+                name: "essay".to_owned(),
+            })
+            .await;
+        let missing = env
+            .as_user(&alice)
+            .call(&DocVersionRestore {
+                name: "essay".to_owned(),
+                version: 99,
+            })
+            .await;
+        let unlabeled = env
+            .as_user(&alice)
+            .call(&DocVersionCreate {
+                name: "essay".to_owned(),
+                label: " ".to_owned(),
+            })
+            .await;
+        [stranger.err(), missing.err(), unlabeled.err()]
+            .map(|err| err.and_then(|err| err.code().map(str::to_owned)))
+    });
+    assert_eq!(
+        errors,
+        [
+            Some("forbidden".to_owned()),
+            Some("not_found".to_owned()),
+            Some("bad_request".to_owned())
+        ]
+    );
+
+    // The restore is stored like any edit, not only in memory: it survives
+    // kill -9 (before the editors go, so no final snapshot hides a loss).
+    env.server.signal("KILL");
+    env.server.wait_exit(Duration::from_secs(10));
+    a.kill();
+    b.kill();
+    env.restart();
+    let mut reloaded = Editor::spawn("alice-2", &env.collab_url(), "essay", &alice_token);
+    assert_eq!(reloaded.wait_synced(), "first draft;third;");
+}
+
 /// Two nodes of a cluster (shared PostgreSQL, Redis bus): editors connected
 /// to different nodes edit one document and converge; an editor joining
 /// later on either node gets everything. Skips without PostgreSQL/Redis.
@@ -727,6 +893,19 @@ fn editors_on_different_nodes_converge() {
     assert_eq!(late.wait_synced(), text_a);
     late.wait_peer("alice", true);
     a.wait_peer("alice-phone", true);
+
+    // Hocuspocus stateless messages cross nodes too.
+    let hocuspocus = |n: usize| format!("ws://{}/hocuspocus", nodes[n].http);
+    let mut h0 = Editor::spawn_hocuspocus("alice-h", &hocuspocus(0), "shared", &token(0, &alice));
+    let mut h1 = Editor::spawn_hocuspocus("bob-h", &hocuspocus(1), "shared", &token(1, &bob));
+    assert_eq!(h0.wait_synced(), text_a);
+    assert_eq!(h1.wait_synced(), text_a);
+    h0.call("send_stateless", json!({"payload": "ping from node 0"}));
+    let heard = h1.call(
+        "wait_stateless",
+        json!({"count": 1, "timeout_ms": step_ms()}),
+    );
+    assert_eq!(heard["payloads"], json!(["ping from node 0"]));
 
     // Bob's editor dies: node 1 clears his state, and node 0 hears of it
     // at once rather than after the 30 s expiry.

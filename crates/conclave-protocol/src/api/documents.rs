@@ -1,5 +1,5 @@
-//! Collaborative documents: creating one and getting the token that opens
-//! it over the y-websocket endpoint `/collab/<name>`.
+//! Collaborative documents: creating one, getting the token that opens it
+//! over the y-websocket endpoint `/collab/<name>`, and its named versions.
 
 use conclave_core::{ChannelId, DocumentId};
 use serde::{Deserialize, Serialize};
@@ -66,6 +66,83 @@ pub struct DocTokenGrant {
     pub expires_at_ms: i64,
 }
 route!(DocToken, "doc/token", DocTokenGrant);
+
+/// Longest version label, in characters.
+pub const VERSION_LABEL_MAX_CHARS: usize = 100;
+
+/// Most versions one document may keep.
+pub const VERSIONS_PER_DOCUMENT_MAX: usize = 1_000;
+
+/// Saves the document's current content as a named version. Anyone who may
+/// open the document may save one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DocVersionCreate {
+    /// The document.
+    pub name: String,
+    /// 1 to 100 characters; need not be unique.
+    pub label: String,
+}
+
+/// A saved version, without its content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionView {
+    /// 1 for the document's first version, then 2, 3...
+    pub version: u64,
+    pub label: String,
+    pub created_by: conclave_core::UserId,
+    pub created_at_ms: i64,
+    /// Bytes of the saved state.
+    pub size_bytes: u64,
+}
+route!(DocVersionCreate, "doc/version/create", VersionView);
+
+/// The document's versions, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DocVersionList {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionList {
+    pub versions: Vec<VersionView>,
+}
+route!(DocVersionList, "doc/version/list", VersionList);
+
+/// One version's content: the whole document as it was, as a Yjs update
+/// (v1, base64) a client can apply to an empty `Y.Doc` to show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DocVersionGet {
+    pub name: String,
+    pub version: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionContent {
+    pub version: VersionView,
+    /// Base64 (standard) of the v1 update.
+    pub state: String,
+}
+route!(DocVersionGet, "doc/version/get", VersionContent);
+
+/// Makes the document read like a saved version again, for everyone
+/// editing it. The current content is saved first as a new version
+/// ("before restoring version N"), so a restore can itself be undone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DocVersionRestore {
+    pub name: String,
+    pub version: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionRestored {
+    /// The version holding the content from just before the restore.
+    pub saved: VersionView,
+}
+route!(DocVersionRestore, "doc/version/restore", VersionRestored);
 
 #[cfg(test)]
 mod tests {

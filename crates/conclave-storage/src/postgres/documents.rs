@@ -6,12 +6,34 @@ use conclave_core::{ChannelId, DocumentId, UserId};
 use super::{
     BACKEND, Fail, PostgresStorage, is_unique_violation, retrying, sql_id, sql_pos, unsigned,
 };
+use crate::documents::check_version_name;
 use crate::metrics::timed;
-use crate::{DocumentRecord, DocumentStore, StorageError, StoredDocument};
+use crate::{DocumentRecord, DocumentStore, StorageError, StoredDocument, VersionRecord};
 
 const DOCUMENT_COLUMNS: &str = "id, name, owner_id, channel_id, created_at";
 
 type DocumentRow = (i64, String, i64, Option<i64>, i64);
+
+/// A version without its state; `octet_length` reads the size from the
+/// value's header, without fetching a TOASTed state.
+const VERSION_COLUMNS: &str = "document_id, version, name, created_by, created_at, covers_seq, \
+     octet_length(state)::BIGINT";
+
+type VersionRow = (i64, i64, String, i64, i64, i64, i64);
+
+fn version_record(
+    (document_id, version, name, created_by, created_at, covers_seq, size): VersionRow,
+) -> VersionRecord {
+    VersionRecord {
+        document_id: DocumentId::new(unsigned(document_id)),
+        version: unsigned(version),
+        name,
+        created_by: UserId::new(unsigned(created_by)),
+        created_at_ms: created_at,
+        covers_seq: unsigned(covers_seq),
+        size_bytes: unsigned(size),
+    }
+}
 
 fn record((id, name, owner_id, channel_id, created_at): DocumentRow) -> DocumentRecord {
     DocumentRecord {
@@ -72,6 +94,52 @@ impl PostgresStorage {
             .await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    async fn create_version_once(
+        &self,
+        document: DocumentId,
+        name: &str,
+        created_by: UserId,
+        state: &[u8],
+        covers_seq: u64,
+        now_ms: i64,
+    ) -> Result<VersionRecord, Fail> {
+        let mut tx = self.pool.begin().await?;
+        // The number comes from the document row, whose lock orders the
+        // versions of every node; a refused version rolls it back.
+        let next: Option<(i64, i64)> = sqlx::query_as(
+            "UPDATE documents SET head_version = head_version + 1 WHERE id = $1 \
+             RETURNING head_version, head_seq",
+        )
+        .bind(sql_id(document.get()))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((version, head)) = next else {
+            return Err(StorageError::NotFound(format!("no document {document}")).into());
+        };
+        if covers_seq > unsigned(head) {
+            return Err(StorageError::Invalid(format!(
+                "document {document} has no update {covers_seq} (head {head})"
+            ))
+            .into());
+        }
+        let row: VersionRow = sqlx::query_as(&format!(
+            "INSERT INTO document_versions \
+             (document_id, version, name, created_by, created_at, covers_seq, state) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {VERSION_COLUMNS}"
+        ))
+        .bind(sql_id(document.get()))
+        .bind(version)
+        .bind(name)
+        .bind(sql_id(created_by.get()))
+        .bind(now_ms)
+        .bind(sql_pos(covers_seq))
+        .bind(state)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(version_record(row))
     }
 }
 
@@ -212,6 +280,99 @@ impl DocumentStore for PostgresStorage {
             "compact_document",
             retrying(|| self.compact_once(document, snapshot, up_to_seq, now_ms)),
         )
+        .await
+    }
+
+    async fn create_version(
+        &self,
+        document: DocumentId,
+        name: &str,
+        created_by: UserId,
+        state: &[u8],
+        covers_seq: u64,
+        now_ms: i64,
+    ) -> Result<VersionRecord, StorageError> {
+        timed(BACKEND, "create_version", async {
+            check_version_name(name)?;
+            retrying(|| {
+                self.create_version_once(document, name, created_by, state, covers_seq, now_ms)
+            })
+            .await
+        })
+        .await
+    }
+
+    async fn versions(&self, document: DocumentId) -> Result<Vec<VersionRecord>, StorageError> {
+        timed(BACKEND, "document_versions", async {
+            // One snapshot: the document's existence and its versions agree.
+            let mut tx = self
+                .pool
+                .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .await?;
+            let exists: Option<(i64,)> = sqlx::query_as("SELECT id FROM documents WHERE id = $1")
+                .bind(sql_id(document.get()))
+                .fetch_optional(&mut *tx)
+                .await?;
+            if exists.is_none() {
+                return Err(StorageError::NotFound(format!("no document {document}")));
+            }
+            let rows: Vec<VersionRow> = sqlx::query_as(&format!(
+                "SELECT {VERSION_COLUMNS} FROM document_versions WHERE document_id = $1 \
+                 ORDER BY version DESC"
+            ))
+            .bind(sql_id(document.get()))
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(rows.into_iter().map(version_record).collect())
+        })
+        .await
+    }
+
+    async fn version_state(
+        &self,
+        document: DocumentId,
+        version: u64,
+    ) -> Result<Option<(VersionRecord, Vec<u8>)>, StorageError> {
+        timed(BACKEND, "document_version_state", async {
+            // The document's row joined with the version, if any: one
+            // statement tells an unknown document from an unknown version.
+            let found: Option<(
+                Option<i64>,
+                Option<i64>,
+                Option<String>,
+                Option<i64>,
+                Option<i64>,
+                Option<i64>,
+                Option<i64>,
+                Option<Vec<u8>>,
+            )> = sqlx::query_as(
+                "SELECT v.document_id, v.version, v.name, v.created_by, v.created_at, \
+                 v.covers_seq, octet_length(v.state)::BIGINT, v.state FROM documents d \
+                 LEFT JOIN document_versions v ON v.document_id = d.id AND v.version = $2 \
+                 WHERE d.id = $1",
+            )
+            .bind(sql_id(document.get()))
+            .bind(sql_pos(version))
+            .fetch_optional(&self.pool)
+            .await?;
+            let Some(row) = found else {
+                return Err(StorageError::NotFound(format!("no document {document}")));
+            };
+            Ok(match row {
+                (
+                    Some(d),
+                    Some(v),
+                    Some(name),
+                    Some(by),
+                    Some(at),
+                    Some(covers),
+                    Some(size),
+                    Some(state),
+                ) => Some((version_record((d, v, name, by, at, covers, size)), state)),
+                _ => None,
+            })
+        })
         .await
     }
 }

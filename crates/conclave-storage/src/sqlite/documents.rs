@@ -5,12 +5,34 @@ use conclave_core::{ChannelId, DocumentId, UserId};
 
 use super::sql_id;
 use super::{BACKEND, SqliteStorage, is_unique_violation};
+use crate::documents::check_version_name;
 use crate::metrics::timed;
-use crate::{DocumentRecord, DocumentStore, StorageError, StoredDocument};
+use crate::{DocumentRecord, DocumentStore, StorageError, StoredDocument, VersionRecord};
 
 const DOCUMENT_COLUMNS: &str = "id, name, owner_id, channel_id, created_at";
 
 type DocumentRow = (i64, String, i64, Option<i64>, i64);
+
+/// A version without its state; `length(state)` reads the size from the
+/// record header, not the bytes.
+const VERSION_COLUMNS: &str =
+    "document_id, version, name, created_by, created_at, covers_seq, length(state)";
+
+type VersionRow = (i64, i64, String, i64, i64, i64, i64);
+
+fn version_record(
+    (document_id, version, name, created_by, created_at, covers_seq, size): VersionRow,
+) -> VersionRecord {
+    VersionRecord {
+        document_id: DocumentId::new(document_id as u64),
+        version: seq(version),
+        name,
+        created_by: UserId::new(created_by as u64),
+        created_at_ms: created_at,
+        covers_seq: seq(covers_seq),
+        size_bytes: seq(size),
+    }
+}
 
 fn sql_seq(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
@@ -210,6 +232,110 @@ impl DocumentStore for SqliteStorage {
                 .await?;
             tx.commit().await?;
             Ok(true)
+        })
+        .await
+    }
+
+    async fn create_version(
+        &self,
+        document: DocumentId,
+        name: &str,
+        created_by: UserId,
+        state: &[u8],
+        covers_seq: u64,
+        now_ms: i64,
+    ) -> Result<VersionRecord, StorageError> {
+        timed(BACKEND, "create_version", async {
+            check_version_name(name)?;
+            let _writer = self.write_lock.lock().await;
+            let mut tx = self.pool.begin().await?;
+            // The number comes from the document row, like update
+            // sequences: a refused version rolls it back, and it is never
+            // reused.
+            let next: Option<(i64, i64)> = sqlx::query_as(
+                "UPDATE documents SET head_version = head_version + 1 WHERE id = ? \
+                 RETURNING head_version, head_seq",
+            )
+            .bind(sql_id(document.get()))
+            .fetch_optional(&mut *tx)
+            .await?;
+            let (version, head) =
+                next.ok_or_else(|| StorageError::NotFound(format!("no document {document}")))?;
+            if covers_seq > seq(head) {
+                return Err(StorageError::Invalid(format!(
+                    "document {document} has no update {covers_seq} (head {head})"
+                )));
+            }
+            let row: VersionRow = sqlx::query_as(&format!(
+                "INSERT INTO document_versions \
+                 (document_id, version, name, created_by, created_at, covers_seq, state) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING {VERSION_COLUMNS}"
+            ))
+            .bind(sql_id(document.get()))
+            .bind(version)
+            .bind(name)
+            .bind(sql_id(created_by.get()))
+            .bind(now_ms)
+            .bind(sql_seq(covers_seq))
+            .bind(state)
+            .fetch_one(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(version_record(row))
+        })
+        .await
+    }
+
+    async fn versions(&self, document: DocumentId) -> Result<Vec<VersionRecord>, StorageError> {
+        timed(BACKEND, "document_versions", async {
+            let mut tx = self.pool.begin().await?;
+            let exists: Option<(i64,)> = sqlx::query_as("SELECT id FROM documents WHERE id = ?")
+                .bind(sql_id(document.get()))
+                .fetch_optional(&mut *tx)
+                .await?;
+            if exists.is_none() {
+                return Err(StorageError::NotFound(format!("no document {document}")));
+            }
+            let rows: Vec<VersionRow> = sqlx::query_as(&format!(
+                "SELECT {VERSION_COLUMNS} FROM document_versions WHERE document_id = ? \
+                 ORDER BY version DESC"
+            ))
+            .bind(sql_id(document.get()))
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(rows.into_iter().map(version_record).collect())
+        })
+        .await
+    }
+
+    async fn version_state(
+        &self,
+        document: DocumentId,
+        version: u64,
+    ) -> Result<Option<(VersionRecord, Vec<u8>)>, StorageError> {
+        timed(BACKEND, "document_version_state", async {
+            let mut tx = self.pool.begin().await?;
+            let exists: Option<(i64,)> = sqlx::query_as("SELECT id FROM documents WHERE id = ?")
+                .bind(sql_id(document.get()))
+                .fetch_optional(&mut *tx)
+                .await?;
+            if exists.is_none() {
+                return Err(StorageError::NotFound(format!("no document {document}")));
+            }
+            let row: Option<(i64, i64, String, i64, i64, i64, i64, Vec<u8>)> =
+                sqlx::query_as(&format!(
+                    "SELECT {VERSION_COLUMNS}, state FROM document_versions \
+                     WHERE document_id = ? AND version = ?"
+                ))
+                .bind(sql_id(document.get()))
+                .bind(sql_seq(version))
+                .fetch_optional(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(row.map(|(d, v, name, by, at, covers, size, state)| {
+                (version_record((d, v, name, by, at, covers, size)), state)
+            }))
         })
         .await
     }
