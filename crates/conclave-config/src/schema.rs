@@ -266,6 +266,10 @@ pub struct DocumentsConfig {
     /// Connections one document may have at once; one more is closed with
     /// code 1013.
     pub max_connections_per_document: u32,
+    /// Largest a document may grow, in stored bytes (its snapshot and log).
+    /// A full document can still be read and edited by deletion; a message
+    /// adding content to it closes its connection with code 1008.
+    pub max_document_bytes: u64,
     /// Documents one Hocuspocus connection (`/hocuspocus`) may have open at
     /// once; opening one more is refused with permission denied.
     pub max_documents_per_socket: u32,
@@ -288,6 +292,7 @@ impl Default for DocumentsConfig {
             token_ttl_secs: 60 * 60,
             update_max_bytes: 8 * 1024 * 1024,
             max_connections_per_document: 256,
+            max_document_bytes: 64 * 1024 * 1024,
             max_documents_per_socket: 100,
             compact_every_updates: 1_000,
             compact_every_bytes: 4 * 1024 * 1024,

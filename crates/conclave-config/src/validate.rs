@@ -202,6 +202,12 @@ pub(crate) fn validate(config: &Config) -> Vec<(String, String)> {
             ),
         );
     }
+    if documents.max_document_bytes < u64::from(documents.update_max_bytes) {
+        fail(
+            "documents.max_document_bytes",
+            "must be at least documents.update_max_bytes".to_owned(),
+        );
+    }
     if documents.max_connections_per_document == 0 {
         fail(
             "documents.max_connections_per_document",

@@ -344,6 +344,32 @@ impl Room {
         self.peers.len()
     }
 
+    /// Whether `frame` carries an update with items this document lacks:
+    /// what makes a document bigger, as opposed to what it has already or
+    /// deletions of what it has (a synced editor's sync step 2). A size
+    /// limit refuses such frames. A frame that does not decode grows
+    /// nothing; [`receive`](Self::receive) refuses it.
+    pub fn grows(&self, frame: &[u8]) -> bool {
+        let Ok(messages) = message::decode_frame(frame) else {
+            return false;
+        };
+        let ours = self.doc.transact().state_vector();
+        messages.iter().any(|message| match message {
+            // An item ending past the document's clock for its client is
+            // new (`Update::state_vector` counts only updates that start
+            // at clock 0, so the insertions are read instead).
+            Message::SyncStep2(bytes) | Message::Update(bytes) => Update::decode_v1(bytes)
+                .map(|update| {
+                    update.insertions(true).iter().any(|(client, ranges)| {
+                        let known = ours.get(client);
+                        ranges.iter().any(|range| range.end > known)
+                    })
+                })
+                .unwrap_or(false),
+            _ => false,
+        })
+    }
+
     /// The document's state vector (v1).
     pub fn state_vector(&self) -> Vec<u8> {
         self.doc.transact().state_vector().encode_v1()

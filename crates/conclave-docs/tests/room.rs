@@ -570,3 +570,39 @@ fn awareness_travels_between_servers_without_echoes() {
     assert_eq!(b.awareness().state(2), None);
     assert!(b.apply_remote_awareness(b"\xff", 0).error.is_some());
 }
+
+#[test]
+fn only_new_items_grow_a_document() {
+    // "hi" by client 1, as an update frame.
+    let hi = hex("00 02 0c 01 01 01 00 04 01 01 74 02 68 69 00");
+    let mut room = Room::new();
+    room.connect(ConnectionId(1), Access::ReadWrite);
+    assert!(room.grows(&hi), "new items grow an empty document");
+    room.receive(ConnectionId(1), &hi, 0);
+    assert!(!room.grows(&hi), "what it has already does not");
+    // Sync step 2 of an editor that has nothing new: the empty update.
+    assert!(!room.grows(&hex("00 01 02 00 00")));
+    assert!(!room.grows(&hex(
+        "01 10 01 01 01 0c 7b 22 75 73 65 72 22 3a 22 61 22 7d"
+    )));
+    assert!(!room.grows(&hex("00 02 05 ff ff")), "garbage grows nothing");
+
+    // A later edit by the same client (its items start past clock 0).
+    use yrs::{GetString as _, ReadTxn as _, Text as _, Transact as _};
+    let editor = yrs::Doc::with_client_id(5);
+    let text = editor.get_or_insert_text("t");
+    for round in 0..3 {
+        let before = editor.transact().state_vector();
+        {
+            let mut txn = editor.transact_mut();
+            let len = text.get_string(&txn).len() as u32;
+            text.insert(&mut txn, len, "more");
+        }
+        let update = editor.transact().encode_state_as_update_v1(&before);
+        let mut frame = vec![0, 2, update.len() as u8];
+        frame.extend_from_slice(&update);
+        assert!(room.grows(&frame), "round {round}");
+        room.receive(ConnectionId(1), &frame, 0);
+        assert!(!room.grows(&frame), "round {round}, again");
+    }
+}

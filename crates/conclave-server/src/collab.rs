@@ -51,6 +51,7 @@ pub(crate) mod close {
     pub(crate) const GOING_AWAY: u16 = 1001;
     pub(crate) const UNSUPPORTED_DATA: u16 = 1003;
     pub(crate) const INVALID_PAYLOAD: u16 = 1007;
+    pub(crate) const POLICY: u16 = 1008;
     pub(crate) const TOO_BIG: u16 = 1009;
     pub(crate) const INTERNAL: u16 = 1011;
     pub(crate) const TRY_AGAIN_LATER: u16 = 1013;
@@ -193,6 +194,8 @@ struct LiveRoom {
     snapshot_seq: u64,
     /// Bytes of updates logged since the snapshot.
     bytes_since_snapshot: u64,
+    /// Bytes of the stored snapshot.
+    snapshot_bytes: u64,
     /// When the last connection left (ms on the rooms' clock); the room is
     /// unloaded once it has been idle for `documents.unload_after_idle_secs`.
     idle_since_ms: Option<u64>,
@@ -255,6 +258,7 @@ pub(crate) struct DocumentRooms {
     compact_every: u64,
     compact_every_bytes: u64,
     unload_after_ms: u64,
+    max_document_bytes: u64,
     /// Other nodes hear each stored update, for their rooms of the same
     /// document.
     cluster: Arc<Cluster>,
@@ -271,6 +275,7 @@ impl DocumentRooms {
             compact_every: u64::from(config.compact_every_updates),
             compact_every_bytes: config.compact_every_bytes,
             unload_after_ms: config.unload_after_idle_secs.saturating_mul(1000),
+            max_document_bytes: config.max_document_bytes,
             cluster,
         }
     }
@@ -389,6 +394,19 @@ impl DocumentRooms {
             return Err(room_closed());
         };
         let now_ms = self.now_ms();
+        let stored = live.snapshot_bytes + live.bytes_since_snapshot;
+        if stored.saturating_add(frame.len() as u64) > self.max_document_bytes
+            && live.room.grows(frame)
+        {
+            return Err(CloseCause::new(
+                close::POLICY,
+                ErrorCode::LimitExceeded,
+                format!(
+                    "the document is at its size limit ({} bytes); it can be read and shortened, not grown",
+                    self.max_document_bytes
+                ),
+            ));
+        }
         // yrs decodes hostile input; should it panic, the document may be
         // half-changed, so the room goes (clients resync into a fresh one)
         // instead of lingering with a dead connection in it.
@@ -733,6 +751,7 @@ impl DocumentRooms {
             head_seq: stored.head_seq(),
             snapshot_seq: stored.snapshot_seq,
             bytes_since_snapshot: stored.updates.iter().map(|(_, u)| u.len() as u64).sum(),
+            snapshot_bytes: stored.snapshot.as_ref().map_or(0, |s| s.len() as u64),
             idle_since_ms: None,
         })
     }
@@ -785,6 +804,7 @@ async fn compact(storage: &dyn Storage, live: &mut LiveRoom) {
         Ok(Ok(_)) => {
             live.snapshot_seq = live.head_seq;
             live.bytes_since_snapshot = 0;
+            live.snapshot_bytes = snapshot.len() as u64;
         }
         Ok(Err(err)) => {
             tracing::warn!(document = %live.document, error = %err, "document compaction failed")

@@ -596,6 +596,81 @@ mod json {
         assert_eq!(text_of(&unb64(&reply["update"])), "hello world");
     }
 
+    /// A document at `documents.max_document_bytes` stays readable and
+    /// syncable, but content that would grow it is refused: a y-websocket
+    /// editor is closed with 1008, a JSON client told `limit_exceeded`.
+    #[tokio::test]
+    async fn a_full_document_stays_readable_but_does_not_grow() {
+        let (env, token) =
+            owner_with_doc("[documents]\nupdate_max_bytes = 1024\nmax_document_bytes = 1024\n")
+                .await;
+        let editor = yrs::Doc::with_client_id(5);
+        let mut y = connect(&env, "doc", Some(&token)).await;
+        assert_eq!(next_binary(&mut y).await, hex(SYNC_STEP_1_EMPTY));
+        // 300-byte chunks: the fourth would pass 1,024 stored bytes.
+        let chunk = "x".repeat(300);
+        let mut accepted = 0;
+        // A JSON client on the document hears every update that is stored.
+        let mut json = connect_json(&env, &token).await;
+        request(&mut json, json!({"doc_id": "doc", "type": "sync"})).await;
+        assert_eq!(next_json(&mut json).await["type"], "sync");
+        for _ in 0..10 {
+            let update = edit(&editor, &chunk);
+            let mut frame = vec![0, 2];
+            frame.extend(varint(update.len()));
+            frame.extend_from_slice(&update);
+            send(&mut y, &frame).await;
+            match tokio::time::timeout(QUIET_PERIOD * 4, next_json(&mut json)).await {
+                Ok(relayed) => {
+                    assert_eq!(relayed["type"], "update", "{relayed}");
+                    accepted += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        assert!((2..4).contains(&accepted), "{accepted} chunks stored");
+        let (code, reason, _) = closed(&mut y).await;
+        assert_eq!((code, reason.as_str()), (1008, "limit_exceeded"));
+        request(&mut json, json!({"doc_id": "doc", "type": "sync"})).await;
+        let stored = text_of(&unb64(&next_json(&mut json).await["update"]));
+        assert_eq!(
+            stored,
+            chunk.repeat(accepted),
+            "nothing of the refused chunk"
+        );
+
+        // A new editor syncs the full document (its sync step 2 adds
+        // nothing, so it is not refused).
+        let mut reader = connect(&env, "doc", Some(&token)).await;
+        next_binary(&mut reader).await;
+        send(&mut reader, &hex(SYNC_STEP_2_EMPTY)).await;
+        send(&mut reader, &hex(SYNC_STEP_1_EMPTY)).await;
+        let step2 = next_binary(&mut reader).await;
+        assert_eq!(&step2[..2], &[0, 1], "sync step 2 with the document");
+
+        // A JSON client is told, and keeps its socket.
+        let grow = edit(&yrs::Doc::with_client_id(6), &chunk);
+        request(
+            &mut json,
+            json!({"doc_id": "doc", "type": "update", "update": b64(&grow)}),
+        )
+        .await;
+        let refused = next_json(&mut json).await;
+        assert_eq!(refused["code"], "limit_exceeded", "{refused}");
+        request(&mut json, json!({"doc_id": "doc", "type": "sync"})).await;
+        assert_eq!(next_json(&mut json).await["type"], "sync");
+    }
+
+    fn varint(mut value: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        while value >= 0x80 {
+            out.push((value as u8) | 0x80);
+            value >>= 7;
+        }
+        out.push(value as u8);
+        out
+    }
+
     /// Every bad request is answered with an error code and the socket
     /// stays usable; a refused document leaves the others alone.
     #[tokio::test]

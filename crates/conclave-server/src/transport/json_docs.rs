@@ -311,6 +311,11 @@ async fn handle(
             ));
             Ok(())
         }
+        // The document is full; it stays readable.
+        Err(cause) if cause.error == ErrorCode::LimitExceeded => {
+            link.push(Reply::error(Some(doc_id), cause.error, cause.message));
+            Ok(())
+        }
         // The update is refused; the room and the socket carry on.
         Err(cause) if cause.error == ErrorCode::InvalidUpdate => {
             leave_after_error(state, open, doc_id).await;
