@@ -284,6 +284,10 @@ pub struct DocumentsConfig {
     /// the last connection leaves. Memory is bounded by the documents open
     /// within this window.
     pub unload_after_idle_secs: u64,
+    /// A gRPC collaboration session (a document joined on a `Collaborate`
+    /// stream) that sends nothing, not even a heartbeat, for this long is
+    /// removed: its user leaves the document.
+    pub grpc_session_timeout_secs: u64,
 }
 
 impl Default for DocumentsConfig {
@@ -297,6 +301,7 @@ impl Default for DocumentsConfig {
             compact_every_updates: 1_000,
             compact_every_bytes: 4 * 1024 * 1024,
             unload_after_idle_secs: 10,
+            grpc_session_timeout_secs: 60,
         }
     }
 }

@@ -18,6 +18,9 @@ const DATABASE_CONNECTIONS_MAX: u32 = 1024;
 const DOCUMENT_MESSAGE_MIN_BYTES: u32 = 1024;
 const DOCUMENT_MESSAGE_MAX_BYTES: u32 = 256 * 1024 * 1024;
 
+/// The longest a gRPC collaboration session may stay silent: a day.
+const GRPC_SESSION_TIMEOUT_MAX_SECS: u64 = 24 * 3600;
+
 /// Returns `(field, reason)` for every rule the configuration breaks.
 pub(crate) fn validate(config: &Config) -> Vec<(String, String)> {
     let mut errors = Vec::new();
@@ -236,6 +239,12 @@ pub(crate) fn validate(config: &Config) -> Vec<(String, String)> {
         fail(
             "documents.compact_every_updates",
             "must be at least 1".to_owned(),
+        );
+    }
+    if !(1..=GRPC_SESSION_TIMEOUT_MAX_SECS).contains(&documents.grpc_session_timeout_secs) {
+        fail(
+            "documents.grpc_session_timeout_secs",
+            format!("must be between 1 and {GRPC_SESSION_TIMEOUT_MAX_SECS} (a day)"),
         );
     }
 

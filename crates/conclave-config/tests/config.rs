@@ -176,7 +176,8 @@ fn semantic_rules_name_their_fields() {
         "[server]\nhttp_port = 9000\nadmin_port = 9000\nmax_connections = 0\n\
          [database]\nurl = \"mysql://x\"\n[cluster]\nbus = \"nats\"\n\
          [auth]\ntoken_signing_key = \"abc\"\n\
-         [documents]\nupdate_max_bytes = 1\nmax_connections_per_document = 0\n",
+         [documents]\nupdate_max_bytes = 1\nmax_connections_per_document = 0\n\
+         grpc_session_timeout_secs = 0\n",
     );
     let errors = load(&sources(Some(&file), &[])).unwrap_err().0;
     let find = |field: &str| {
@@ -196,6 +197,7 @@ fn semantic_rules_name_their_fields() {
     assert!(find("auth.token_signing_key").is_some());
     assert!(find("documents.update_max_bytes").is_some());
     assert!(find("documents.max_connections_per_document").is_some());
+    assert!(find("documents.grpc_session_timeout_secs").is_some());
 }
 
 #[test]

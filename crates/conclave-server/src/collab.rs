@@ -846,3 +846,25 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+/// Reading a document without joining it, for the gRPC service
+/// (`crate::grpc`): `GetDocumentState` and the state a joining session is
+/// greeted with.
+impl DocumentRooms {
+    /// The state vector and the whole state (both v1) of `document` if it
+    /// is loaded on this node, read under its lock; `None` when it is not
+    /// (storage has it).
+    pub(crate) async fn live_state(
+        &self,
+        document: DocumentId,
+    ) -> Result<Option<(Vec<u8>, Vec<u8>)>, CloseCause> {
+        let Some(slot) = lock(&self.rooms).get(&document).cloned() else {
+            return Ok(None);
+        };
+        let guard = lock_room(&slot).await?;
+        Ok(match &*guard {
+            Slot::Live(live) => Some((live.room.state_vector(), live.room.encode_state())),
+            Slot::Empty | Slot::Gone => None,
+        })
+    }
+}

@@ -12,6 +12,7 @@ mod cluster;
 mod collab;
 mod fanout;
 mod files;
+mod grpc;
 mod http;
 mod listener;
 pub mod logging;
@@ -58,6 +59,8 @@ pub struct ServerHandle {
     pub quic_addr: SocketAddr,
     /// TCP address of the Noise-encrypted binary transport.
     pub tcp_addr: SocketAddr,
+    /// TCP address of the gRPC collaboration service.
+    pub grpc_addr: SocketAddr,
     /// SHA-256 (hex) of the QUIC certificate, for clients to pin.
     pub quic_cert_sha256: String,
     shutdown: CancellationToken,
@@ -222,7 +225,27 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
                 config.server.tcp_port
             )
         })?;
+    // gRPC connections count against server.max_connections like the
+    // others; HTTP/2 pings keep live ones from looking idle.
+    let grpc_listener = CountingListener::bind(
+        SocketAddr::new(bind, config.server.grpc_port),
+        "grpc",
+        slots.clone(),
+        metrics.clone(),
+        listener::ReadDeadlines {
+            first_byte: Duration::from_millis(config.limits.auth_timeout_ms),
+            idle: Duration::from_millis(config.limits.idle_timeout_ms.saturating_mul(2)),
+        },
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "binding the gRPC listener on {bind}:{}",
+            config.server.grpc_port
+        )
+    })?;
     let http_addr = http_listener.local_addr()?;
+    let grpc_addr = grpc_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
     let quic_addr = quic_endpoint.local_addr()?;
     let tcp_addr = tcp_listener.local_addr()?;
@@ -236,6 +259,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         quic_endpoint,
         slots.clone(),
     ));
+    tasks.spawn(grpc::serve(state.clone(), grpc_listener));
 
     let app = http::router(state.clone());
     let stop = shutdown.clone();
@@ -326,12 +350,13 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
 
     tasks.spawn(files::run_collector(state.clone()));
 
-    tracing::info!(%http_addr, %admin_addr, %tcp_addr, %quic_addr, quic_cert_sha256 = %quic_cert_sha256, "listening");
+    tracing::info!(%http_addr, %admin_addr, %grpc_addr, %tcp_addr, %quic_addr, quic_cert_sha256 = %quic_cert_sha256, "listening");
     Ok(ServerHandle {
         http_addr,
         admin_addr,
         quic_addr,
         tcp_addr,
+        grpc_addr,
         quic_cert_sha256,
         shutdown,
         tasks,

@@ -62,6 +62,8 @@ pub struct Server {
     pub admin: SocketAddr,
     pub tcp: SocketAddr,
     pub quic: SocketAddr,
+    /// The gRPC collaboration service.
+    pub grpc: SocketAddr,
     pub quic_cert_sha256: String,
     pub cwd: PathBuf,
 }
@@ -83,6 +85,8 @@ impl Server {
             "--admin-port",
             "0",
             "--tcp-port",
+            "0",
+            "--grpc-port",
             "0",
             "--quic-port",
             "0",
@@ -116,6 +120,7 @@ impl Server {
             admin: "0.0.0.0:0".parse().unwrap(),
             tcp: "0.0.0.0:0".parse().unwrap(),
             quic: "0.0.0.0:0".parse().unwrap(),
+            grpc: "0.0.0.0:0".parse().unwrap(),
             quic_cert_sha256: String::new(),
             cwd: cwd.to_path_buf(),
         };
@@ -124,6 +129,7 @@ impl Server {
         server.admin = listening["admin_addr"].as_str().unwrap().parse().unwrap();
         server.tcp = listening["tcp_addr"].as_str().unwrap().parse().unwrap();
         server.quic = listening["quic_addr"].as_str().unwrap().parse().unwrap();
+        server.grpc = listening["grpc_addr"].as_str().unwrap().parse().unwrap();
         server.quic_cert_sha256 = listening["quic_cert_sha256"].as_str().unwrap().to_owned();
         server
     }
