@@ -328,6 +328,19 @@ pub struct FileConfig {
     pub default_source: String,
     /// Where file bytes are stored.
     pub storage_sources: Vec<StorageSourceConfig>,
+    /// Uploaded images (declared `image/*`, and PNG, JPEG, GIF or WebP by
+    /// their first bytes) are read when they complete, for their size and a
+    /// thumbnail: not those larger than this, in bytes (0: no image is read).
+    pub image_max_source_bytes: u64,
+    /// Nor those whose header declares more pixels than this...
+    pub image_max_pixels: u64,
+    /// ...or a width or height above this.
+    pub image_max_dimension: u32,
+    /// Memory one image's decoding may allocate, in bytes; a decoder that
+    /// would need more stops.
+    pub image_max_decode_bytes: u64,
+    /// The longer edge of a thumbnail, in pixels.
+    pub thumbnail_max_edge: u32,
 }
 
 impl Default for FileConfig {
@@ -340,6 +353,11 @@ impl Default for FileConfig {
             allowed_mime_prefixes: Vec::new(),
             default_source: "local".to_owned(),
             storage_sources: vec![StorageSourceConfig::local("local")],
+            image_max_source_bytes: 50 * 1024 * 1024,
+            image_max_pixels: 50_000_000,
+            image_max_dimension: 16_384,
+            image_max_decode_bytes: 256 * 1024 * 1024,
+            thumbnail_max_edge: 320,
         }
     }
 }

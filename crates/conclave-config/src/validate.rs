@@ -332,6 +332,16 @@ const FILE_TTL_MAX_SECS: u64 = 7 * 24 * 3600;
 /// Byte counts are stored as signed 64-bit integers.
 const BYTES_MAX: u64 = i64::MAX as u64;
 
+/// The most pixels an image may be allowed to declare: a billion.
+const IMAGE_PIXELS_MAX: u64 = 1_000_000_000;
+/// The largest width or height an image may be allowed to declare (what
+/// JPEG and WebP can say).
+const IMAGE_DIMENSION_MAX: u64 = 65_535;
+/// The most one image's decoding may be allowed to allocate: 16 GiB.
+const IMAGE_DECODE_BYTES_MAX: u64 = 16 * 1024 * 1024 * 1024;
+const THUMBNAIL_EDGE_MIN: u32 = 16;
+const THUMBNAIL_EDGE_MAX: u32 = 4096;
+
 fn check_files(config: &Config, fail: &mut impl FnMut(&str, String)) {
     let file = &config.file;
     for (field, value) in [
@@ -369,6 +379,39 @@ fn check_files(config: &Config, fail: &mut impl FnMut(&str, String)) {
                 ),
             );
         }
+    }
+    if file.image_max_source_bytes > BYTES_MAX {
+        fail(
+            "file.image_max_source_bytes",
+            format!("must be at most {BYTES_MAX}"),
+        );
+    }
+    for (field, value, max) in [
+        (
+            "file.image_max_pixels",
+            file.image_max_pixels,
+            IMAGE_PIXELS_MAX,
+        ),
+        (
+            "file.image_max_decode_bytes",
+            file.image_max_decode_bytes,
+            IMAGE_DECODE_BYTES_MAX,
+        ),
+        (
+            "file.image_max_dimension",
+            u64::from(file.image_max_dimension),
+            IMAGE_DIMENSION_MAX,
+        ),
+    ] {
+        if !(1..=max).contains(&value) {
+            fail(field, format!("must be between 1 and {max}"));
+        }
+    }
+    if !(THUMBNAIL_EDGE_MIN..=THUMBNAIL_EDGE_MAX).contains(&file.thumbnail_max_edge) {
+        fail(
+            "file.thumbnail_max_edge",
+            format!("must be between {THUMBNAIL_EDGE_MIN} and {THUMBNAIL_EDGE_MAX}"),
+        );
     }
     if file.storage_sources.is_empty() {
         fail(

@@ -363,3 +363,32 @@ fn file_settings_are_checked() {
         "{errors:?}"
     );
 }
+
+#[test]
+fn image_settings_are_checked() {
+    let config = load(&sources(None, &[])).unwrap();
+    assert_eq!(config.file.image_max_source_bytes, 50 * 1024 * 1024);
+    assert_eq!(config.file.image_max_pixels, 50_000_000);
+    assert_eq!(config.file.image_max_dimension, 16_384);
+    assert_eq!(config.file.image_max_decode_bytes, 256 * 1024 * 1024);
+    assert_eq!(config.file.thumbnail_max_edge, 320);
+    let off = file_with("[file]\nimage_max_source_bytes = 0\n");
+    assert!(load(&sources(Some(&off), &[])).is_ok(), "0 reads no image");
+    let file = file_with(
+        "[file]\n\
+         image_max_pixels = 0\n\
+         image_max_dimension = 70000\n\
+         image_max_decode_bytes = 0\n\
+         thumbnail_max_edge = 8\n",
+    );
+    let errors = load(&sources(Some(&file), &[])).unwrap_err().0;
+    let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+    for expected in [
+        "file.image_max_pixels",
+        "file.image_max_dimension",
+        "file.image_max_decode_bytes",
+        "file.thumbnail_max_edge",
+    ] {
+        assert!(fields.contains(&expected), "{expected} not in {fields:?}");
+    }
+}

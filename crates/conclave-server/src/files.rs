@@ -12,21 +12,31 @@
 //! checksum is checked against the declared one, the parts become
 //! `blobs/<sha256>` (unless identical bytes are stored already) and the file
 //! is complete.
+//!
+//! A complete file declared `image/*` is then read as an image (`images`),
+//! on a blocking thread, at most [`IMAGE_READS_MAX`] at a time: its width
+//! and height, and a thumbnail stored as a file of its own (same owner,
+//! content-addressed like any blob). An image that cannot or may not be read
+//! stays a plain file, with the reason recorded.
 
 mod blobs;
+mod images;
 pub(crate) mod ranges;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use conclave_config::Config;
 use conclave_core::{ErrorCode, FileId};
-use conclave_protocol::api::files::{FileStatus as WireStatus, UploadProgress};
-use conclave_storage::{ChunkOutcome, FileRecord, FileStatus, StorageError, UploadRecord};
+use conclave_protocol::api::files::{FileStatus as WireStatus, IMAGE_TOO_LARGE, UploadProgress};
+use conclave_storage::{
+    ChunkOutcome, FileRecord, FileStatus, NewImage, NewThumbnail, StorageError, UploadRecord,
+};
 use futures_util::{Stream, StreamExt as _};
 use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
 
 use crate::api_error::ApiError;
 use crate::state::AppState;
@@ -37,6 +47,11 @@ pub(crate) use blobs::BlobStore;
 /// Running hashes kept in memory at most; uploads beyond this are hashed by
 /// reading their parts back when they complete.
 const RUNNING_HASHES_MAX: usize = 10_000;
+
+/// Images read at once (each on a blocking thread, with up to
+/// `file.image_max_source_bytes` of input and `file.image_max_decode_bytes`
+/// of decoded pixels in memory).
+const IMAGE_READS_MAX: usize = 2;
 
 /// Abandoned uploads collected per pass.
 const COLLECT_BATCH: u32 = 100;
@@ -52,6 +67,8 @@ pub(crate) struct Files {
     default_source: String,
     /// Per upload: the offset hashed so far and the hash state there.
     hashes: Mutex<HashMap<FileId, (u64, Sha256)>>,
+    /// Permits to read an image.
+    image_reads: Arc<Semaphore>,
 }
 
 /// A refused chunk or status query: the error, and where the upload stands
@@ -102,6 +119,7 @@ impl Files {
             sources,
             default_source: config.file.default_source.clone(),
             hashes: Mutex::new(HashMap::new()),
+            image_reads: Arc::new(Semaphore::new(IMAGE_READS_MAX)),
         })
     }
 
@@ -305,8 +323,19 @@ impl Files {
 
     /// Completes an upload whose bytes have all arrived: checks the
     /// declared checksum, stores the blob (once per content) and marks the
-    /// file complete. Idempotent; a complete file is returned as it is.
+    /// file complete, then reads it as an image if it is one. Idempotent; a
+    /// complete file is returned as it is (an image not read yet, after a
+    /// restart or a failure, is read now).
     pub async fn finalize(&self, state: &AppState, file: FileId) -> Result<FileRecord, ApiError> {
+        let record = self.complete_upload(state, file).await?;
+        Ok(self.read_image(state, record).await)
+    }
+
+    async fn complete_upload(
+        &self,
+        state: &AppState,
+        file: FileId,
+    ) -> Result<FileRecord, ApiError> {
         let files = state.storage.files();
         let Some(upload) = files.upload(file).await? else {
             return match files.file(file).await? {
@@ -421,6 +450,170 @@ impl Files {
             .ok_or_else(|| ApiError::internal(format!("file {file} vanished as it completed")))
     }
 
+    /// Reads a complete file declared `image/*` as an image, once: records
+    /// its size and stores its thumbnail, or records why it was not read.
+    /// Never fails: the file is returned as it then is (as it was if
+    /// something went wrong, so a later completion tries again).
+    async fn read_image(&self, state: &AppState, record: FileRecord) -> FileRecord {
+        let config = &state.config.file;
+        if record.status != FileStatus::Complete
+            || !record.mime.starts_with("image/")
+            || record.image_known()
+            || config.image_max_source_bytes == 0
+        {
+            return record;
+        }
+        match self.try_read_image(state, &record).await {
+            Ok(read) => read,
+            Err(err) => {
+                tracing::warn!(file = %record.id, error = %err.message, "reading an uploaded image failed");
+                record
+            }
+        }
+    }
+
+    async fn try_read_image(
+        &self,
+        state: &AppState,
+        record: &FileRecord,
+    ) -> Result<FileRecord, ApiError> {
+        let config = &state.config.file;
+        let files = state.storage.files();
+        let file = record.id;
+        if record.size > config.image_max_source_bytes {
+            tracing::debug!(%file, size = record.size, "not reading an image this large");
+            let image = NewImage::Unread {
+                error: IMAGE_TOO_LARGE,
+            };
+            return Ok(files.record_image(file, image, crate::unix_ms()).await?);
+        }
+        if let Some(known) = self.read_before(state, record).await? {
+            return Ok(known);
+        }
+        // The permit is taken before the bytes are read into memory and
+        // given back only when the decoding thread is done with them (even
+        // if this request is dropped meanwhile).
+        let permit = self
+            .image_reads
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::internal("image reading has stopped"))?;
+        let bytes = self.read_all(record).await?;
+        let limits = images::ImageLimits::from(config);
+        let outcome = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            images::read(&bytes, &limits)
+        })
+        .await
+        .map_err(|err| ApiError::internal(format!("reading an image: {err}")))?;
+        let now = crate::unix_ms();
+        let image = match outcome {
+            Ok(image) => image,
+            Err(refusal) => {
+                tracing::debug!(%file, code = refusal.code, reason = %refusal.reason, "an uploaded image was not read");
+                let image = NewImage::Unread {
+                    error: refusal.code,
+                };
+                return Ok(files.record_image(file, image, now).await?);
+            }
+        };
+        let thumb = image.thumbnail;
+        let size = thumb.bytes.len() as u64;
+        let key = BlobStore::blob_key(&thumb.sha256);
+        let store = self.source(&record.source_id)?;
+        if !store.exists(&key).await.map_err(blob_error)? {
+            store.write(&key, thumb.bytes).await.map_err(blob_error)?;
+        }
+        let name = images::thumbnail_name(&record.name, thumb.extension);
+        let thumbnail = NewThumbnail {
+            name: &name,
+            mime: thumb.mime,
+            size,
+            sha256: &thumb.sha256,
+            content_key: &thumb.sha256,
+            width: thumb.width,
+            height: thumb.height,
+        };
+        let image = NewImage::Read {
+            width: image.width,
+            height: image.height,
+            thumbnail: Some(thumbnail),
+        };
+        Ok(files.record_image(file, image, now).await?)
+    }
+
+    /// What identical bytes read before gave (their size, and a thumbnail
+    /// of this file's owner sharing their thumbnail's blob), recorded for
+    /// `record`; `None` if no such image was read.
+    async fn read_before(
+        &self,
+        state: &AppState,
+        record: &FileRecord,
+    ) -> Result<Option<FileRecord>, ApiError> {
+        let files = state.storage.files();
+        let Some(content) = record.content_key.as_deref() else {
+            return Ok(None);
+        };
+        let Some(earlier) = files
+            .file_by_content_key(&record.source_id, content)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let (Some(width), Some(height), Some(thumb_id)) =
+            (earlier.width, earlier.height, earlier.thumbnail_file_id)
+        else {
+            return Ok(None);
+        };
+        if earlier.id == record.id {
+            return Ok(None);
+        }
+        let Some(thumb) = files.file(thumb_id).await? else {
+            return Ok(None);
+        };
+        let (Some(sha256), Some(content_key), Some(thumb_width), Some(thumb_height)) = (
+            thumb.sha256.as_deref(),
+            thumb.content_key.as_deref(),
+            thumb.width,
+            thumb.height,
+        ) else {
+            return Ok(None);
+        };
+        let name =
+            images::thumbnail_name(&record.name, thumb.name.rsplit('.').next().unwrap_or("jpg"));
+        let image = NewImage::Read {
+            width,
+            height,
+            thumbnail: Some(NewThumbnail {
+                name: &name,
+                mime: &thumb.mime,
+                size: thumb.size,
+                sha256,
+                content_key,
+                width: thumb_width,
+                height: thumb_height,
+            }),
+        };
+        Ok(Some(
+            files
+                .record_image(record.id, image, crate::unix_ms())
+                .await?,
+        ))
+    }
+
+    /// All the bytes of a complete file, in memory.
+    async fn read_all(&self, record: &FileRecord) -> Result<Vec<u8>, ApiError> {
+        let mut stream = self.read(record, 0..record.size).await?;
+        let mut bytes = Vec::with_capacity(usize::try_from(record.size).unwrap_or(0));
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk
+                .map_err(|err| ApiError::internal(format!("reading file {}: {err}", record.id)))?;
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(bytes)
+    }
+
     /// The bytes `range` of a complete file.
     pub async fn read(
         &self,
@@ -508,6 +701,10 @@ fn progress(file: &FileRecord, offset: u64) -> UploadProgress {
         size: file.size,
         status: wire_status(file.status),
         sha256: file.sha256.clone(),
+        width: file.width,
+        height: file.height,
+        thumbnail_file_id: file.thumbnail_file_id,
+        image_error: file.image_error.clone(),
     }
 }
 

@@ -1961,6 +1961,210 @@ pub async fn file_references_admit_current_channel_members(storage: Arc<dyn Stor
     );
 }
 
+fn thumbnail(content_key: &str) -> crate::NewThumbnail<'_> {
+    crate::NewThumbnail {
+        name: "cat.thumb.jpg",
+        mime: "image/jpeg",
+        size: 7,
+        sha256: content_key,
+        content_key,
+        width: 320,
+        height: 192,
+    }
+}
+
+pub async fn images_are_recorded_once_with_their_thumbnail(storage: Arc<dyn Storage>) {
+    use crate::NewImage;
+    let owner = user(&storage, "ann").await;
+    let files = storage.files();
+    let image = files
+        .create_upload(NewUpload {
+            mime: "image/png",
+            ..upload(owner, "cat.png", 10, 1, 100)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (image.width, image.height, image.thumbnail_file_id),
+        (None, None, None)
+    );
+    assert!(!image.image_known());
+    let read = |thumb| NewImage::Read {
+        width: 1000,
+        height: 600,
+        thumbnail: thumb,
+    };
+    // A pending upload has no image yet; an unknown file none at all.
+    let pending = files.record_image(image.id, read(None), 150).await;
+    assert!(
+        matches!(pending, Err(StorageError::Invalid(_))),
+        "{pending:?}"
+    );
+    let unknown = files
+        .record_image(conclave_core::FileId::new(999), read(None), 150)
+        .await;
+    assert!(
+        matches!(unknown, Err(StorageError::NotFound(_))),
+        "{unknown:?}"
+    );
+
+    files.commit_chunk(image.id, 0, 10, "p", 101).await.unwrap();
+    files
+        .complete_file(image.id, "img", "img", 102)
+        .await
+        .unwrap();
+    let recorded = files
+        .record_image(image.id, read(Some(thumbnail("thumb-1"))), 200)
+        .await
+        .unwrap();
+    assert_eq!((recorded.width, recorded.height), (Some(1000), Some(600)));
+    assert_eq!(recorded.image_error, None);
+    assert!(recorded.image_known());
+    assert_eq!(files.file(image.id).await.unwrap(), Some(recorded.clone()));
+    let thumb_id = recorded.thumbnail_file_id.expect("a thumbnail");
+    let thumb = files.file(thumb_id).await.unwrap().unwrap();
+    assert_eq!(thumb.owner_id, owner);
+    assert_eq!(thumb.status, FileStatus::Complete);
+    assert_eq!(
+        (thumb.name.as_str(), thumb.mime.as_str(), thumb.size),
+        ("cat.thumb.jpg", "image/jpeg", 7)
+    );
+    assert_eq!(thumb.sha256.as_deref(), Some("thumb-1"));
+    assert_eq!(thumb.content_key.as_deref(), Some("thumb-1"));
+    assert_eq!(thumb.source_id, "local");
+    assert_eq!(thumb.completed_at_ms, Some(200));
+    assert_eq!((thumb.width, thumb.height), (Some(320), Some(192)));
+    assert_eq!(thumb.thumbnail_file_id, None);
+    assert_eq!(
+        files
+            .file_by_content_key("local", "thumb-1")
+            .await
+            .unwrap()
+            .map(|f| f.id),
+        Some(thumb_id),
+        "a thumbnail is content like any other"
+    );
+    // A thumbnail counts against its owner's quota.
+    assert_eq!(files.usage(owner, 300).await.unwrap(), 17);
+
+    // The first record wins: nothing changes, no second thumbnail.
+    let again = files
+        .record_image(
+            image.id,
+            NewImage::Read {
+                width: 1,
+                height: 1,
+                thumbnail: Some(thumbnail("thumb-2")),
+            },
+            300,
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, recorded);
+    let refused = files
+        .record_image(
+            image.id,
+            NewImage::Unread {
+                error: "image_unreadable",
+            },
+            300,
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused, recorded);
+    assert_eq!(
+        files.file_by_content_key("local", "thumb-2").await.unwrap(),
+        None
+    );
+
+    // An image that could not be read says why, and keeps no size.
+    let bomb = files
+        .create_upload(NewUpload {
+            mime: "image/png",
+            ..upload(owner, "bomb.png", 5, 2, 100)
+        })
+        .await
+        .unwrap();
+    files.commit_chunk(bomb.id, 0, 5, "p", 101).await.unwrap();
+    files
+        .complete_file(bomb.id, "bomb", "bomb", 102)
+        .await
+        .unwrap();
+    let unread = files
+        .record_image(
+            bomb.id,
+            NewImage::Unread {
+                error: "image_too_large",
+            },
+            200,
+        )
+        .await
+        .unwrap();
+    assert_eq!(unread.image_error.as_deref(), Some("image_too_large"));
+    assert_eq!(
+        (unread.width, unread.height, unread.thumbnail_file_id),
+        (None, None, None)
+    );
+    assert!(unread.image_known());
+    let later = files
+        .record_image(bomb.id, read(Some(thumbnail("thumb-3"))), 300)
+        .await
+        .unwrap();
+    assert_eq!(later, unread);
+
+    // Racing recorders: one wins, one thumbnail exists.
+    let raced = files
+        .create_upload(NewUpload {
+            mime: "image/png",
+            ..upload(owner, "race.png", 3, 3, 100)
+        })
+        .await
+        .unwrap();
+    files.commit_chunk(raced.id, 0, 3, "p", 101).await.unwrap();
+    files
+        .complete_file(raced.id, "race", "race", 102)
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let storage = storage.clone();
+        tasks.push(tokio::spawn(async move {
+            let key = format!("race-thumb-{i}");
+            storage
+                .files()
+                .record_image(
+                    raced.id,
+                    NewImage::Read {
+                        width: 10 + i,
+                        height: 10,
+                        thumbnail: Some(thumbnail(&key)),
+                    },
+                    200,
+                )
+                .await
+                .unwrap()
+        }));
+    }
+    let mut seen = Vec::new();
+    for task in tasks {
+        seen.push(task.await.unwrap());
+    }
+    assert!(
+        seen.windows(2).all(|w| w[0] == w[1]),
+        "every racer sees the winner: {seen:?}"
+    );
+    let mut thumbnails = 0;
+    for i in 0..6 {
+        let key = format!("race-thumb-{i}");
+        if let Some(found) = files.file_by_content_key("local", &key).await.unwrap() {
+            assert_eq!(Some(found.id), seen[0].thumbnail_file_id);
+            assert_eq!(seen[0].width, Some(10 + i));
+            thumbnails += 1;
+        }
+    }
+    assert_eq!(thumbnails, 1, "one thumbnail for the winner only");
+}
+
 /// Generates one `#[tokio::test]` per conformance check. `$open` is an async
 /// expression that yields a fresh `Arc<dyn Storage>` (and may `return` early
 /// to skip when the backend's server is not configured).
@@ -2006,6 +2210,7 @@ macro_rules! conformance_tests {
             usage_sums_an_owners_live_files_and_caps_uploads,
             expired_uploads_are_listed_and_deleted,
             file_references_admit_current_channel_members,
+            images_are_recorded_once_with_their_thumbnail,
         );
     };
     (@each $open:expr; $($check:ident,)*) => {

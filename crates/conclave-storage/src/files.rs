@@ -64,6 +64,49 @@ pub struct FileRecord {
     /// A pending upload is abandoned (and collected) after this time.
     pub expires_at_ms: i64,
     pub completed_at_ms: Option<i64>,
+    /// An image's width and height in pixels, once read (see
+    /// [`FileStore::record_image`]).
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    /// A complete file holding the image's thumbnail.
+    pub thumbnail_file_id: Option<FileId>,
+    /// Why the image could not be read (a code such as `image_too_large`).
+    pub image_error: Option<String>,
+}
+
+impl FileRecord {
+    /// Whether what the file's bytes say as an image is recorded (its size,
+    /// or why it could not be read).
+    pub fn image_known(&self) -> bool {
+        self.width.is_some() || self.image_error.is_some()
+    }
+}
+
+/// What reading an uploaded image found, for [`FileStore::record_image`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NewImage<'a> {
+    /// The image's size, and its thumbnail (stored already under
+    /// `content_key`) if one was made.
+    Read {
+        width: u32,
+        height: u32,
+        thumbnail: Option<NewThumbnail<'a>>,
+    },
+    /// The image could not (or would not) be read; `error` says why.
+    Unread { error: &'a str },
+}
+
+/// A thumbnail whose bytes are stored: it becomes a complete file of the
+/// image's owner, on the image's storage source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewThumbnail<'a> {
+    pub name: &'a str,
+    pub mime: &'a str,
+    pub size: u64,
+    pub sha256: &'a str,
+    pub content_key: &'a str,
+    pub width: u32,
+    pub height: u32,
 }
 
 /// A file being uploaded, as its token finds it.
@@ -182,6 +225,20 @@ pub trait FileStore: Send + Sync {
         before_ms: i64,
         limit: u32,
     ) -> Result<Vec<FileRecord>, StorageError>;
+
+    /// Records what reading the complete file `file` as an image found, in
+    /// one transaction: a [`NewImage::Read`] thumbnail becomes a complete
+    /// file (same owner and source, its own width and height) named on the
+    /// image. The first record wins: if the file's image is already known
+    /// ([`FileRecord::image_known`]) nothing changes (no thumbnail is
+    /// created). Returns the file as it then is. A pending file is
+    /// [`StorageError::Invalid`]; an unknown one [`StorageError::NotFound`].
+    async fn record_image(
+        &self,
+        file: FileId,
+        image: NewImage<'_>,
+        now_ms: i64,
+    ) -> Result<FileRecord, StorageError>;
 
     /// Records that a message referencing `file` was sent in `channel`
     /// (idempotent).

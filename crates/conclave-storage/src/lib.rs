@@ -31,7 +31,8 @@ pub use documents::{
 };
 pub use error::StorageError;
 pub use files::{
-    ChunkOutcome, FileRecord, FileStatus, FileStore, NewUpload, PartRecord, UploadRecord,
+    ChunkOutcome, FileRecord, FileStatus, FileStore, NewImage, NewThumbnail, NewUpload, PartRecord,
+    UploadRecord,
 };
 pub use groups::{
     GroupChange, GroupChanged, GroupPatch, GroupRecord, GroupStore, JoinRequestRecord, NewGroup,

@@ -2,13 +2,18 @@
 //! chunked uploads (with a connection cut mid-chunk), completion, sharing in
 //! a channel, signed downloads with ranges, who may download, expiry and
 //! reuse of upload tokens, checksums, size and quota limits, deduplication
-//! of identical bytes, and the collection of abandoned uploads.
+//! of identical bytes, the collection of abandoned uploads, images (their
+//! size and thumbnail, filled into image messages; crafted images refused
+//! without the server's memory growing), and a gibibyte uploaded while the
+//! server's memory stays flat.
 //!
 //! Every test starts its own server in its own temporary directory.
 
 mod support;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use conclave_client::api::Route;
@@ -17,8 +22,10 @@ use conclave_client::api::files::{
     UploadTokenGrant,
 };
 use conclave_client::api::groups::{GroupCreate, GroupCreated};
-use conclave_client::api::messaging::{Content, DirectGetOrCreate, MessageSend};
-use conclave_client::{ClientError, HttpClient};
+use conclave_client::api::messaging::{
+    Content, DirectGetOrCreate, HistoryGet, HistoryPage, MessageForward, MessageSend, MessageView,
+};
+use conclave_client::{ClientError, Connection, Encoding, HttpClient};
 use conclave_core::{ChannelId, FileId, UserId};
 use sha2::{Digest, Sha256};
 use support::Server;
@@ -82,6 +89,7 @@ impl Env {
             name: name.to_owned(),
             id: grant.user_id,
             http: HttpClient::new(&self.base()).with_token(&grant.token),
+            token: grant.token,
         }
     }
 
@@ -150,6 +158,7 @@ struct User {
     name: String,
     id: UserId,
     http: HttpClient,
+    token: String,
 }
 
 impl User {
@@ -978,5 +987,708 @@ async fn files_live_in_an_s3_bucket_when_configured() {
     assert!(
         files_under(&bucket.join("staging")).is_empty(),
         "no staged parts are left in the bucket"
+    );
+}
+
+// Images: their size and a thumbnail, read as they complete, within limits.
+
+/// A picture with some structure: red grows to the right, green downwards.
+fn picture(width: u32, height: u32) -> image::DynamicImage {
+    image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([
+            (x * 255 / width) as u8,
+            (y * 255 / height) as u8,
+            ((x ^ y) & 0x3f) as u8,
+        ])
+    }))
+}
+
+fn encoded(picture: &image::DynamicImage, format: image::ImageFormat) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    picture.write_to(&mut out, format).unwrap();
+    out.into_inner()
+}
+
+impl Env {
+    /// Uploads `data` whole, declared as `mime`; the upload must complete.
+    async fn upload_typed(
+        &self,
+        user: &User,
+        name: &str,
+        mime: &str,
+        data: &[u8],
+    ) -> UploadProgress {
+        let grant = user
+            .ok(&RequestUploadToken {
+                name: name.to_owned(),
+                size: data.len() as u64,
+                mime: mime.to_owned(),
+                sha256: Some(sha256(data)),
+                channel_id: None,
+            })
+            .await;
+        let response = self.put(&grant, None, data.to_vec()).await;
+        assert_eq!(
+            response.status(),
+            200,
+            "{}\n{:#?}",
+            response.text().await.unwrap(),
+            self.errors()
+        );
+        let progress: UploadProgress = response.json().await.unwrap();
+        assert_eq!(progress.status, FileStatus::Complete);
+        progress
+    }
+
+    /// Downloads a whole file `user` may have a link to: the link, the
+    /// type and the bytes.
+    async fn fetch(&self, user: &User, file: FileId) -> (FileUrl, String, Vec<u8>) {
+        let link: FileUrl = user.ok(&GetUrl { file_id: file }).await;
+        let response = self.download(&link.url, None).await;
+        assert_eq!(response.status(), 200);
+        let mime = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        (link, mime, response.bytes().await.unwrap().to_vec())
+    }
+}
+
+/// The next `message/new` the session receives.
+async fn next_message(conn: &mut Connection) -> MessageView {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match conn.next_event_timeout(left).await {
+            Ok(Some(event)) if event.name == "message/new" => return event.body_as().unwrap(),
+            Ok(Some(_)) => {}
+            other => panic!("no message/new: {other:?}"),
+        }
+    }
+}
+
+/// The newest message of a channel, as stored.
+async fn last_message(user: &User, channel: ChannelId) -> Content {
+    let page: HistoryPage = user
+        .ok(&HistoryGet {
+            channel_id: channel,
+            before_pts: None,
+            limit: Some(1),
+        })
+        .await;
+    page.messages
+        .last()
+        .and_then(|m| m.content.clone())
+        .expect("a message")
+}
+
+fn image_content(file: FileId, thumbnail: Option<FileId>, size: Option<(u32, u32)>) -> Content {
+    Content::Image {
+        file_id: file.to_string(),
+        width: size.map(|s| s.0),
+        height: size.map(|s| s.1),
+        thumbnail_file_id: thumbnail.map(|t| t.to_string()),
+        caption: Some("beach".to_owned()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_get_their_size_and_a_thumbnail_that_travels_with_them() {
+    let env = Env::start("");
+    let (alice, bob, carol) = (
+        env.register("alice").await,
+        env.register("bob").await,
+        env.register("carol").await,
+    );
+    let group: GroupCreated = alice
+        .ok(&GroupCreate {
+            name: "holiday".to_owned(),
+            description: None,
+            member_ids: vec![bob.id],
+        })
+        .await;
+
+    // A 1000 x 600 PNG: the completing chunk's answer has its size and a
+    // thumbnail.
+    let png = encoded(&picture(1000, 600), image::ImageFormat::Png);
+    let done = env
+        .upload_typed(&alice, "beach.png", "image/png", &png)
+        .await;
+    assert_eq!(
+        (done.width, done.height, done.image_error.as_deref()),
+        (Some(1000), Some(600), None),
+        "{:#?}",
+        env.errors()
+    );
+    let thumb = done.thumbnail_file_id.expect("a thumbnail");
+    assert_ne!(thumb, done.file_id);
+    let view: FileView = alice
+        .ok(&UploadCallback {
+            file_id: done.file_id,
+        })
+        .await;
+    assert_eq!(
+        (view.width, view.height, view.thumbnail_file_id),
+        (Some(1000), Some(600), Some(thumb))
+    );
+
+    // The thumbnail is a file of Alice's: a JPEG within 320 x 320, of the
+    // same shape and colours.
+    let (link, mime, bytes) = env.fetch(&alice, done.file_id).await;
+    assert_eq!(
+        (link.width, link.height, link.thumbnail_file_id),
+        (Some(1000), Some(600), Some(thumb))
+    );
+    assert_eq!(bytes, png);
+    assert_eq!(mime, "image/png");
+    let (link, mime, bytes) = env.fetch(&alice, thumb).await;
+    assert_eq!(mime, "image/jpeg");
+    assert_eq!(
+        (link.width, link.height, link.thumbnail_file_id),
+        (Some(320), Some(192), None)
+    );
+    let small = image::load_from_memory_with_format(&bytes, image::ImageFormat::Jpeg).unwrap();
+    assert_eq!((small.width(), small.height()), (320, 192));
+    let aspect = f64::from(small.width()) / f64::from(small.height());
+    assert!((aspect - 1000.0 / 600.0).abs() < 0.01, "{aspect}");
+    let rgb = small.to_rgb8();
+    assert!(rgb.get_pixel(318, 1)[0] > 200, "red on the right");
+    assert!(rgb.get_pixel(1, 190)[1] > 200, "green at the bottom");
+    assert!(rgb.get_pixel(1, 1)[0] < 50, "dark at the top left");
+
+    // A JPEG is read too, whatever type it was declared as.
+    let jpeg = encoded(&picture(600, 1000), image::ImageFormat::Jpeg);
+    let portrait = env
+        .upload_typed(&alice, "portrait.png", "image/png", &jpeg)
+        .await;
+    assert_eq!((portrait.width, portrait.height), (Some(600), Some(1000)));
+    let (_, _, bytes) = env
+        .fetch(&alice, portrait.thumbnail_file_id.expect("a thumbnail"))
+        .await;
+    let small = image::load_from_memory(&bytes).unwrap();
+    assert_eq!((small.width(), small.height()), (192, 320));
+
+    // Bytes that are no image complete as a plain file that says so; an
+    // image not declared as one is not read.
+    let junk = env
+        .upload_typed(&alice, "fake.png", "image/png", b"not a picture at all")
+        .await;
+    assert_eq!(junk.image_error.as_deref(), Some("image_unreadable"));
+    assert_eq!((junk.width, junk.thumbnail_file_id), (None, None));
+    let plain = env
+        .upload_typed(&alice, "beach.bin", "application/octet-stream", &png)
+        .await;
+    assert_eq!(
+        (plain.width, plain.thumbnail_file_id, plain.image_error),
+        (None, None, None)
+    );
+
+    // Bob uploads the same picture: his own thumbnail, the same bytes.
+    let blobs = files_under(&env.files_dir().join("blobs")).len();
+    let again = env.upload_typed(&bob, "copy.png", "image/png", &png).await;
+    assert_eq!((again.width, again.height), (Some(1000), Some(600)));
+    let bobs_thumb = again.thumbnail_file_id.expect("a thumbnail");
+    assert_ne!(bobs_thumb, thumb, "a thumbnail of his own");
+    assert_eq!(
+        env.fetch(&bob, bobs_thumb).await.2,
+        env.fetch(&alice, thumb).await.2
+    );
+    assert_eq!(
+        files_under(&env.files_dir().join("blobs")).len(),
+        blobs,
+        "identical thumbnails are stored once"
+    );
+    bob.refused(&GetUrl { file_id: thumb }, "forbidden").await;
+
+    // Alice shares the picture without its size: the message as delivered
+    // and as stored has what the server read.
+    let mut bobs_session = Connection::connect_ws(&env.base(), &bob.token, Encoding::Json)
+        .await
+        .unwrap();
+    alice
+        .ok(&MessageSend {
+            channel_id: group.channel_id,
+            client_msg_id: "pic-1".to_owned(),
+            content: image_content(done.file_id, None, None),
+            reply_to: None,
+            mentions: None,
+        })
+        .await;
+    let filled = image_content(done.file_id, Some(thumb), Some((1000, 600)));
+    let delivered = next_message(&mut bobs_session).await;
+    assert_eq!(delivered.content, Some(filled.clone()));
+    assert_eq!(last_message(&bob, group.channel_id).await, filled);
+
+    // Bob, a member, may download the thumbnail now; Carol may not.
+    let (_, mime, _) = env.fetch(&bob, thumb).await;
+    assert_eq!(mime, "image/jpeg");
+    let refused = env
+        .http
+        .post(env.url("/api/v1/file/get_url"))
+        .bearer_auth(&carol.token)
+        .json(&serde_json::json!({ "file_id": thumb.to_string() }))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = error_code(refused).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("forbidden"))
+    );
+
+    // What the sender says is kept; the thumbnail is still filled in.
+    alice
+        .ok(&MessageSend {
+            channel_id: group.channel_id,
+            client_msg_id: "pic-2".to_owned(),
+            content: image_content(done.file_id, None, Some((100, 60))),
+            reply_to: None,
+            mentions: None,
+        })
+        .await;
+    assert_eq!(
+        last_message(&alice, group.channel_id).await,
+        image_content(done.file_id, Some(thumb), Some((100, 60)))
+    );
+
+    // A thumbnail the sender names must be one she may share.
+    let carols = env
+        .upload_typed(
+            &carol,
+            "mine.png",
+            "image/png",
+            &encoded(&picture(50, 40), image::ImageFormat::Png),
+        )
+        .await;
+    let carols_thumb = carols.thumbnail_file_id.expect("a thumbnail");
+    let refused = bob
+        .http
+        .call(&MessageSend {
+            channel_id: group.channel_id,
+            client_msg_id: "pic-3".to_owned(),
+            content: image_content(done.file_id, Some(carols_thumb), None),
+            reply_to: None,
+            mentions: None,
+        })
+        .await;
+    assert_eq!(refused.unwrap_err().code(), Some("forbidden"));
+
+    // Forwarded to Carol, the picture brings its thumbnail along.
+    let direct = bob
+        .ok(&DirectGetOrCreate { user_id: carol.id })
+        .await
+        .channel_id;
+    let pictures: HistoryPage = bob
+        .ok(&HistoryGet {
+            channel_id: group.channel_id,
+            before_pts: None,
+            limit: Some(10),
+        })
+        .await;
+    let first = pictures
+        .messages
+        .iter()
+        .find(|m| m.client_msg_id == "pic-1")
+        .unwrap();
+    bob.ok(&MessageForward {
+        from_channel_id: group.channel_id,
+        message_id: first.message_id,
+        to_channel_id: direct,
+        client_msg_id: "fwd".to_owned(),
+    })
+    .await;
+    let (_, _, bytes) = env.fetch(&carol, thumb).await;
+    assert_eq!(image::load_from_memory(&bytes).unwrap().width(), 320);
+    assert!(env.errors().is_empty(), "{:#?}", env.errors());
+}
+
+/// The resident memory of process `pid`, in bytes (`VmRSS`); `None` once
+/// it has exited.
+fn rss_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn rss_bytes(pid: u32) -> u64 {
+    rss_of(pid).expect("the server's VmRSS")
+}
+
+/// Samples a process's resident memory on a thread of its own until
+/// stopped, keeping the highest.
+struct RssSampler {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<(u64, usize)>>,
+}
+
+impl RssSampler {
+    fn start(pid: u32, every: Duration) -> RssSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut peak, mut samples) = (0, 0);
+            loop {
+                let Some(rss) = rss_of(pid) else {
+                    return (peak, samples);
+                };
+                peak = rss.max(peak);
+                samples += 1;
+                if flag.load(Ordering::Relaxed) {
+                    return (peak, samples);
+                }
+                std::thread::sleep(every);
+            }
+        });
+        RssSampler {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The highest resident memory seen, and how many samples were taken.
+    fn stop(mut self) -> (u64, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+const MIB: u64 = 1024 * 1024;
+
+/// A bit writer for DEFLATE: values go least significant bit first,
+/// Huffman codes most significant bit first.
+#[derive(Default)]
+struct Bits {
+    out: Vec<u8>,
+    acc: u64,
+    len: u32,
+}
+
+impl Bits {
+    fn put(&mut self, value: u32, count: u32) {
+        self.acc |= u64::from(value) << self.len;
+        self.len += count;
+        while self.len >= 8 {
+            self.out.push(self.acc as u8);
+            self.acc >>= 8;
+            self.len -= 8;
+        }
+    }
+
+    fn code(&mut self, code: u32, count: u32) {
+        let reversed = (0..count).fold(0, |r, i| r | (((code >> i) & 1) << (count - 1 - i)));
+        self.put(reversed, count);
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        if self.len > 0 {
+            self.out.push(self.acc as u8);
+        }
+        self.out
+    }
+}
+
+/// A zlib stream of `len` zero bytes, compressed about 1,000 to 1 (one
+/// fixed-Huffman block: a literal zero, then copies of 258 bytes at
+/// distance 1). Written out directly: compressing hundreds of megabytes
+/// would take a debug build too long.
+fn zeros_zlib(len: usize) -> Vec<u8> {
+    let mut bits = Bits::default();
+    bits.put(1, 1); // the final block
+    bits.put(1, 2); // fixed Huffman codes
+    let mut left = len;
+    if left > 0 {
+        bits.code(0x30, 8); // literal 0
+        left -= 1;
+    }
+    while left >= 258 {
+        bits.code(0xC5, 8); // length 258 (symbol 285)
+        bits.code(0, 5); // distance 1
+        left -= 258;
+    }
+    for _ in 0..left {
+        bits.code(0x30, 8);
+    }
+    bits.code(0, 7); // end of block (256)
+    let mut out = vec![0x78, 0x01];
+    out.extend(bits.finish());
+    let adler = (((len % 65_521) as u32) << 16) | 1;
+    out.extend_from_slice(&adler.to_be_bytes());
+    out
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in bytes {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// A PNG of `width` x `height` grey pixels of `depth` bits whose image data
+/// is `idat` (a zlib stream), written chunk by chunk.
+fn grey_png(width: u32, height: u32, depth: u8, idat: &[u8]) -> Vec<u8> {
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let start = out.len();
+        out.extend_from_slice(kind);
+        out.extend_from_slice(data);
+        let crc = crc32(&out[start..]);
+        out.extend_from_slice(&crc.to_be_bytes());
+    }
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut header = width.to_be_bytes().to_vec();
+    header.extend_from_slice(&height.to_be_bytes());
+    header.extend_from_slice(&[depth, 0, 0, 0, 0]);
+    chunk(&mut out, b"IHDR", &header);
+    chunk(&mut out, b"IDAT", idat);
+    chunk(&mut out, b"IEND", &[]);
+    out
+}
+
+/// A black `width` x `height` PNG of `depth`-bit grey, all of it there:
+/// every row is a filter byte and `width * depth / 8` bytes of zeros.
+fn black_png(width: u32, height: u32, depth: u8) -> Vec<u8> {
+    let row = 1 + (width as usize * depth as usize).div_ceil(8);
+    grey_png(width, height, depth, &zeros_zlib(row * height as usize))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crafted_images_stay_plain_files_and_the_server_stays_small() {
+    let env = Env::start("");
+    let alice = env.register("alice").await;
+
+    // The crafted PNGs are well-formed: a small one of the same making
+    // decodes to what it says.
+    let sample = black_png(300, 200, 1);
+    let decoded = image::load_from_memory(&sample).unwrap();
+    assert_eq!((decoded.width(), decoded.height()), (300, 200));
+    assert!(decoded.to_luma8().pixels().all(|p| p[0] == 0));
+    let read = env
+        .upload_typed(&alice, "sample.png", "image/png", &sample)
+        .await;
+    assert_eq!((read.width, read.height), (Some(300), Some(200)));
+    assert!(read.thumbnail_file_id.is_some());
+
+    let bombs = [
+        // The header says 100,000 x 100,000; the data is a few bytes.
+        ("huge.png", grey_png(100_000, 100_000, 8, &zeros_zlib(1000))),
+        // 20,000 x 20,000 (400 million pixels): sides past the limit.
+        ("wide.png", black_png(20_000, 20_000, 1)),
+        // 16,000 x 16,000: sides within the limit, but 256 million pixels
+        // (244 MiB decoded, under the decoder's 256 MiB allowance): only
+        // the pixel count stops it.
+        ("many.png", black_png(16_000, 16_000, 1)),
+    ];
+    let pid = env.server.pid();
+    let baseline = rss_bytes(pid);
+    let sampler = RssSampler::start(pid, Duration::from_millis(50));
+    for (name, bytes) in &bombs {
+        assert!(bytes.len() < 400_000, "{name}: {} bytes", bytes.len());
+        let done = env.upload_typed(&alice, name, "image/png", bytes).await;
+        assert_eq!(
+            (done.width, done.height, done.thumbnail_file_id),
+            (None, None, None),
+            "{name}"
+        );
+        assert_eq!(
+            done.image_error.as_deref(),
+            Some("image_too_large"),
+            "{name}"
+        );
+        // Still a file like any other.
+        let (_, _, got) = env.fetch(&alice, done.file_id).await;
+        assert_eq!(&got, bytes, "{name}");
+    }
+    let (peak, samples) = sampler.stop();
+    let grew = peak.saturating_sub(baseline);
+    eprintln!(
+        "server RSS: {} MiB before, {} MiB at most ({samples} samples)",
+        baseline / MIB,
+        peak / MIB
+    );
+    assert!(
+        grew < 64 * MIB,
+        "the server grew by {} MiB reading crafted images",
+        grew / MIB
+    );
+    assert!(env.errors().is_empty(), "{:#?}", env.errors());
+}
+
+// A gibibyte, streamed: the server's memory stays flat.
+
+/// The bytes of a big upload, 1 MiB block by block, made on the fly: one
+/// pseudo-random block, each copy stamped with its index (so a misplaced
+/// block shows).
+struct Blocks {
+    base: Vec<u8>,
+}
+
+impl Blocks {
+    fn new() -> Blocks {
+        Blocks {
+            base: pattern(MIB as usize, 9),
+        }
+    }
+
+    fn block(&self, index: u64, out: &mut Vec<u8>) {
+        out.clear();
+        out.extend_from_slice(&self.base);
+        out[..8].copy_from_slice(&index.to_le_bytes());
+    }
+
+    /// The `len` bytes at `offset`.
+    fn bytes_at(&self, offset: u64, len: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut block = Vec::new();
+        let mut at = offset;
+        while at < offset + len {
+            self.block(at / MIB, &mut block);
+            let from = (at % MIB) as usize;
+            let take = (MIB - at % MIB).min(offset + len - at) as usize;
+            out.extend_from_slice(&block[from..from + take]);
+            at += take as u64;
+        }
+        out
+    }
+}
+
+/// PUTs the blocks `blocks` as one chunk of an upload of `total` bytes, over
+/// a connection of its own, one block in memory at a time, hashing them
+/// into `hash`. Returns the status and the JSON answer.
+async fn put_blocks(
+    env: &Env,
+    grant: &UploadTokenGrant,
+    source: &Blocks,
+    blocks: std::ops::Range<u64>,
+    total: u64,
+    hash: &mut Sha256,
+) -> (u16, serde_json::Value) {
+    let (start, end) = (blocks.start * MIB, blocks.end * MIB);
+    let mut socket = tokio::net::TcpStream::connect(env.server.http)
+        .await
+        .unwrap();
+    let head = format!(
+        "PUT {} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
+         Content-Range: bytes {start}-{}/{total}\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n",
+        grant.upload_url,
+        env.server.http,
+        grant.token,
+        end - 1,
+        end - start
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    let mut block = Vec::with_capacity(MIB as usize);
+    for index in blocks {
+        source.block(index, &mut block);
+        hash.update(&block);
+        socket.write_all(&block).await.unwrap();
+    }
+    let mut answer = Vec::new();
+    socket.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer}"));
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    (status, serde_json::from_str(body).unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gibibyte_upload_keeps_the_servers_memory_flat() {
+    const BLOCKS: u64 = 1024;
+    const CHUNK_BLOCKS: u64 = 256;
+    let total = BLOCKS * MIB;
+    let env = Env::start(&format!(
+        "[file]\n\
+         max_file_size_bytes = {total}\n\
+         user_quota_bytes = {}\n",
+        2 * total
+    ));
+    let alice = env.register("alice").await;
+    let grant = alice
+        .ok(&RequestUploadToken {
+            name: "big.bin".to_owned(),
+            size: total,
+            mime: "application/octet-stream".to_owned(),
+            sha256: None,
+            channel_id: None,
+        })
+        .await;
+    let source = Blocks::new();
+    let mut hash = Sha256::new();
+
+    let pid = env.server.pid();
+    let baseline = rss_bytes(pid);
+    let sampler = RssSampler::start(pid, Duration::from_millis(100));
+    let started = Instant::now();
+    let mut answer = serde_json::Value::Null;
+    for first in (0..BLOCKS).step_by(CHUNK_BLOCKS as usize) {
+        let (status, body) = put_blocks(
+            &env,
+            &grant,
+            &source,
+            first..first + CHUNK_BLOCKS,
+            total,
+            &mut hash,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}\n{:#?}", env.errors());
+        assert_eq!(body["offset"], (first + CHUNK_BLOCKS) * MIB);
+        answer = body;
+    }
+    let elapsed = started.elapsed();
+    let (peak, samples) = sampler.stop();
+    let grew = peak.saturating_sub(baseline);
+    eprintln!(
+        "1 GiB uploaded in {:.1} s; server RSS {} MiB before, {} MiB at most ({samples} samples)",
+        elapsed.as_secs_f64(),
+        baseline / MIB,
+        peak / MIB
+    );
+    assert!(samples >= 5, "{samples} samples");
+    assert!(
+        grew < 96 * MIB,
+        "the server grew by {} MiB receiving 1 GiB",
+        grew / MIB
+    );
+
+    let done: UploadProgress = serde_json::from_value(answer).unwrap();
+    assert_eq!(done.status, FileStatus::Complete);
+    let sha = hex::encode(hash.finalize());
+    assert_eq!(done.sha256.as_deref(), Some(sha.as_str()));
+    let blob = env.files_dir().join("blobs").join(&sha);
+    assert_eq!(std::fs::metadata(&blob).unwrap().len(), total);
+    assert!(
+        files_under(&env.files_dir().join("staging")).is_empty(),
+        "no parts are left behind"
+    );
+    // A range across a chunk boundary reads back right.
+    let link: FileUrl = alice
+        .ok(&GetUrl {
+            file_id: done.file_id,
+        })
+        .await;
+    let at = 512 * MIB - 1000;
+    let part = env
+        .download(
+            &link.url,
+            Some(&format!("bytes={at}-{}", at + 4 * 1024 - 1)),
+        )
+        .await;
+    assert_eq!(part.status(), 206);
+    assert_eq!(
+        part.bytes().await.unwrap().to_vec(),
+        source.bytes_at(at, 4 * 1024)
     );
 }

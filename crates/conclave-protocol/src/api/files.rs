@@ -41,6 +41,14 @@ pub fn is_valid_mime(mime: &str) -> bool {
             .is_some_and(|(kind, subtype)| token(kind) && token(subtype))
 }
 
+/// `image_error`: the image's declared size (its bytes, width, height or
+/// pixels) is past the server's limits, so it was not decoded.
+pub const IMAGE_TOO_LARGE: &str = "image_too_large";
+
+/// `image_error`: the bytes are not an image the server can read (not PNG,
+/// JPEG, GIF or WebP, or damaged).
+pub const IMAGE_UNREADABLE: &str = "image_unreadable";
+
 /// Whether `sha256` is 64 lower-case hex digits.
 pub fn is_valid_sha256(sha256: &str) -> bool {
     sha256.len() == 64
@@ -110,6 +118,20 @@ pub struct FileView {
     pub created_at_ms: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at_ms: Option<i64>,
+    /// An image's width and height in pixels (as displayed: EXIF orientation
+    /// applied), once the server has read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+    /// A small JPEG (PNG when the image has transparency) of an image, itself
+    /// a complete file of the same owner, downloadable like any other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thumbnail_file_id: Option<FileId>,
+    /// Why an uploaded image has no dimensions nor thumbnail: one of the
+    /// `IMAGE_*` codes (new ones may appear). The file itself is complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_error: Option<String>,
 }
 route!(UploadCallback, "file/upload_callback", FileView);
 
@@ -125,6 +147,20 @@ pub struct UploadProgress {
     /// Lower-case hex; present once complete.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// An image's width and height in pixels (as displayed: EXIF orientation
+    /// applied), once the server has read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+    /// A small JPEG (PNG when the image has transparency) of an image, itself
+    /// a complete file of the same owner, downloadable like any other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thumbnail_file_id: Option<FileId>,
+    /// Why an uploaded image has no dimensions nor thumbnail: one of the
+    /// `IMAGE_*` codes (new ones may appear). The file itself is complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_error: Option<String>,
 }
 
 /// A signed, expiring download URL, for the uploader and for current
@@ -142,6 +178,16 @@ pub struct FileUrl {
     pub url: String,
     /// Unix milliseconds.
     pub expires_at_ms: i64,
+    /// An image's width and height in pixels (as displayed: EXIF orientation
+    /// applied), once the server has read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+    /// A small JPEG (PNG when the image has transparency) of an image, itself
+    /// a complete file of the same owner, downloadable like any other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thumbnail_file_id: Option<FileId>,
 }
 route!(GetUrl, "file/get_url", FileUrl);
 
@@ -197,5 +243,35 @@ mod tests {
         assert!(serde_json::from_str::<GetUrl>(r#"{"file_id":"1","x":1}"#).is_err());
         let view = serde_json::to_value(FileStatus::Complete).unwrap();
         assert_eq!(view, "complete");
+    }
+
+    #[test]
+    fn image_fields_are_optional_both_ways() {
+        // An answer from before images were read still parses...
+        let old: UploadProgress = serde_json::from_str(
+            r#"{"file_id":"3","offset":5,"size":5,"status":"complete","sha256":"ab"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (old.width, old.thumbnail_file_id, old.image_error.as_deref()),
+            (None, None, None)
+        );
+        // ...and a file that is no image says nothing of one.
+        let plain = serde_json::to_value(&old).unwrap();
+        for field in ["width", "height", "thumbnail_file_id", "image_error"] {
+            assert!(plain.get(field).is_none(), "{field}: {plain}");
+        }
+        let image = UploadProgress {
+            width: Some(1000),
+            height: Some(600),
+            thumbnail_file_id: Some(FileId::new(4)),
+            ..old
+        };
+        let json = serde_json::to_value(&image).unwrap();
+        assert_eq!(json["width"], 1000);
+        assert_eq!(json["thumbnail_file_id"], "4", "ids are strings");
+        let url: FileUrl =
+            serde_json::from_str(r#"{"url":"/v1/files/3?exp=1&sig=x","expires_at_ms":1}"#).unwrap();
+        assert_eq!(url.height, None);
     }
 }

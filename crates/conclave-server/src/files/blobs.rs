@@ -97,6 +97,11 @@ impl BlobStore {
         }
     }
 
+    /// Writes a small object whole (atomically, as every write here).
+    pub async fn write(&self, key: &str, bytes: Vec<u8>) -> opendal::Result<()> {
+        self.op.write(key, bytes).await.map(|_| ())
+    }
+
     pub async fn exists(&self, key: &str) -> opendal::Result<bool> {
         self.op.exists(key).await
     }

@@ -134,6 +134,9 @@ async fn get_url(ctx: RpcContext, req: GetUrl) -> Result<FileUrl, ApiError> {
     Ok(FileUrl {
         url: format!("/v1/files/{}?exp={expires_at_ms}&sig={sig}", record.id),
         expires_at_ms,
+        width: record.width,
+        height: record.height,
+        thumbnail_file_id: record.thumbnail_file_id,
     })
 }
 
@@ -169,11 +172,15 @@ pub(crate) fn view(record: FileRecord) -> FileView {
         status: wire_status(record.status),
         created_at_ms: record.created_at_ms,
         completed_at_ms: record.completed_at_ms,
+        width: record.width,
+        height: record.height,
+        thumbnail_file_id: record.thumbnail_file_id,
+        image_error: record.image_error,
     }
 }
 
 /// The files a message refers to (through a forward too), each once.
-pub(crate) fn referenced_files(content: &Content) -> Result<Vec<FileId>, ApiError> {
+fn referenced_files(content: &Content) -> Result<Vec<FileId>, ApiError> {
     let mut raw: Vec<(&str, &str)> = Vec::new();
     let mut content = content;
     loop {
@@ -216,18 +223,74 @@ pub(crate) fn referenced_files(content: &Content) -> Result<Vec<FileId>, ApiErro
     Ok(files)
 }
 
-/// Each file must be complete, and the sender must be allowed to download
-/// it (its uploader, or a member of a channel where it was shared).
+/// What a message shares, once checked.
+pub(crate) struct SharedFiles {
+    /// The content to store: as sent, with what the server read of an
+    /// `image` (`width`, `height`, `thumbnail_file_id`) filled in where the
+    /// sender left it out.
+    pub content: Content,
+    /// The files the channel's members may download once the message is
+    /// sent: those it names, and their thumbnails.
+    pub files: Vec<FileId>,
+}
+
+/// Checks the files a message names: each must be complete, and the sender
+/// must be allowed to download it (its uploader, or a member of a channel
+/// where it was shared); a file's own thumbnail may be named by whoever may
+/// name the file.
 pub(crate) async fn check_references(
     state: &AppState,
-    files: &[FileId],
+    content: &Content,
     sender: UserId,
-) -> Result<(), ApiError> {
-    for file in files {
-        let record = complete(state, *file).await?;
-        may_download(state, &record, sender).await?;
+) -> Result<SharedFiles, ApiError> {
+    let named = referenced_files(content)?;
+    let mut records = Vec::with_capacity(named.len());
+    for file in &named {
+        records.push(complete(state, *file).await?);
     }
-    Ok(())
+    let mut permitted: Vec<&FileRecord> = Vec::with_capacity(records.len());
+    let mut refused = Vec::new();
+    for record in &records {
+        match may_download(state, record, sender).await {
+            Ok(()) => permitted.push(record),
+            Err(err) if err.code == ErrorCode::Forbidden => refused.push((record.id, err)),
+            Err(err) => return Err(err),
+        }
+    }
+    for (file, err) in refused {
+        if !permitted.iter().any(|p| p.thumbnail_file_id == Some(file)) {
+            return Err(err);
+        }
+    }
+    let mut files = named;
+    for thumbnail in records.iter().filter_map(|r| r.thumbnail_file_id) {
+        if !files.contains(&thumbnail) {
+            files.push(thumbnail);
+        }
+    }
+    let mut content = content.clone();
+    if let Content::Image {
+        file_id,
+        width,
+        height,
+        thumbnail_file_id,
+        ..
+    } = &mut content
+    {
+        let id = FileId::from_str(file_id).ok();
+        if let Some(image) = records.iter().find(|r| Some(r.id) == id) {
+            if width.is_none() {
+                *width = image.width;
+            }
+            if height.is_none() {
+                *height = image.height;
+            }
+            if thumbnail_file_id.is_none() {
+                *thumbnail_file_id = image.thumbnail_file_id.map(|id| id.to_string());
+            }
+        }
+    }
+    Ok(SharedFiles { content, files })
 }
 
 /// Records that the files were shared in `channel`: its members may now

@@ -13,7 +13,7 @@ use crate::permissions::{
     relation_and_privacy,
 };
 use crate::rpc::{RouteTable, RpcContext};
-use crate::services::files::{check_references, record_references, referenced_files};
+use crate::services::files::{check_references, record_references};
 
 const CLIENT_MSG_ID_LEN_MAX_BYTES: usize = 64;
 const FILE_ID_LEN_MAX_BYTES: usize = 128;
@@ -247,8 +247,9 @@ async fn store_message(
     let now = crate::unix_ms();
     let (channel_record, member) = member_of(&ctx.state, channel, caller.user_id).await?;
     may_write(&ctx.state, &channel_record, &member, now).await?;
-    let files = referenced_files(content)?;
-    check_references(&ctx.state, &files, caller.user_id).await?;
+    // The files it names, checked; an image's size and thumbnail filled in.
+    let shared = check_references(&ctx.state, content, caller.user_id).await?;
+    let content = &shared.content;
     let content_json =
         serde_json::to_string(content).map_err(|err| ApiError::internal(err.to_string()))?;
     let mentions_json =
@@ -278,7 +279,7 @@ async fn store_message(
         })?;
     // After the send (a retried send records again, so nothing is lost):
     // the channel's members may download the files from now on.
-    record_references(&ctx.state, &files, channel).await?;
+    record_references(&ctx.state, &shared.files, channel).await?;
     Ok(match outcome {
         SendOutcome::Sent(event) => MessageSent {
             message_id: event.message_id.unwrap_or_default(),

@@ -8,16 +8,20 @@
 use async_trait::async_trait;
 use conclave_core::{ChannelId, FileId, UserId};
 use sqlx::Row as _;
+use sqlx::postgres::PgRow;
 
 use super::{BACKEND, Fail, PostgresStorage, retrying, sql_id, sql_pos, unsigned};
 use crate::files::FileStatus;
 use crate::metrics::timed;
 use crate::{
-    ChunkOutcome, FileRecord, FileStore, NewUpload, PartRecord, StorageError, UploadRecord,
+    ChunkOutcome, FileRecord, FileStore, NewImage, NewUpload, PartRecord, StorageError,
+    UploadRecord,
 };
 
+/// The columns of [`FileRow`], in order, then the image's (read by name).
 const FILE_COLUMNS: &str = "f.id, f.owner_id, f.name, f.mime, f.size, f.declared_sha256, f.sha256, \
-     f.content_key, f.source_id, f.status, f.created_at, f.expires_at, f.completed_at";
+     f.content_key, f.source_id, f.status, f.created_at, f.expires_at, f.completed_at, \
+     f.width, f.height, f.thumbnail_file_id, f.image_error";
 
 type FileRow = (
     i64,
@@ -65,7 +69,32 @@ fn record(row: FileRow) -> Result<FileRecord, StorageError> {
         created_at_ms: created_at,
         expires_at_ms: expires_at,
         completed_at_ms: completed_at,
+        width: None,
+        height: None,
+        thumbnail_file_id: None,
+        image_error: None,
     })
+}
+
+/// A width or height as stored.
+fn pixels(raw: Option<i64>) -> Result<Option<u32>, StorageError> {
+    raw.map(|raw| {
+        u32::try_from(raw)
+            .map_err(|_| StorageError::Corrupt(format!("image dimension {raw} is out of range")))
+    })
+    .transpose()
+}
+
+/// A file from a row that has [`FILE_COLUMNS`] first.
+fn file_from_row(row: &PgRow) -> Result<FileRecord, StorageError> {
+    let mut file = record(<FileRow as sqlx::FromRow<_>>::from_row(row)?)?;
+    file.width = pixels(row.try_get("width")?)?;
+    file.height = pixels(row.try_get("height")?)?;
+    file.thumbnail_file_id = row
+        .try_get::<Option<i64>, _>("thumbnail_file_id")?
+        .map(|id| FileId::new(unsigned(id)));
+    file.image_error = row.try_get("image_error")?;
+    Ok(file)
 }
 
 /// How an upload is looked up.
@@ -92,7 +121,7 @@ impl PostgresStorage {
         let Some(row) = query.fetch_optional(&self.pool).await? else {
             return Ok(None);
         };
-        let file = record(<FileRow as sqlx::FromRow<_>>::from_row(&row)?)?;
+        let file = file_from_row(&row)?;
         Ok(Some(UploadRecord {
             file,
             received: unsigned(row.try_get("received")?),
@@ -128,7 +157,7 @@ impl PostgresStorage {
             ))
             .into());
         }
-        let row: FileRow = sqlx::query_as(&format!(
+        let row = sqlx::query(&format!(
             "INSERT INTO files AS f (owner_id, name, mime, size, declared_sha256, source_id, status, \
              created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8) \
              RETURNING {FILE_COLUMNS}"
@@ -143,7 +172,7 @@ impl PostgresStorage {
         .bind(upload.expires_at_ms)
         .fetch_one(&mut *tx)
         .await?;
-        let file = record(row)?;
+        let file = file_from_row(&row)?;
         sqlx::query(
             "INSERT INTO upload_tokens (file_id, token_hash, received, expires_at) VALUES ($1, $2, 0, $3)",
         )
@@ -262,6 +291,92 @@ impl PostgresStorage {
         Ok(true)
     }
 
+    async fn record_image_once(
+        &self,
+        file: FileId,
+        image: &NewImage<'_>,
+        now_ms: i64,
+    ) -> Result<FileRecord, Fail> {
+        let mut tx = self.pool.begin().await?;
+        // The image's row is locked first, so two recorders of one image
+        // queue and the second finds it known.
+        let row = sqlx::query(&format!(
+            "SELECT {FILE_COLUMNS} FROM files f WHERE f.id = $1 FOR NO KEY UPDATE"
+        ))
+        .bind(sql_id(file.get()))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Err(StorageError::NotFound(format!("no file {file}")).into());
+        };
+        let current = file_from_row(&row)?;
+        if current.status != FileStatus::Complete {
+            return Err(
+                StorageError::Invalid(format!("file {file} has not finished uploading")).into(),
+            );
+        }
+        if current.image_known() {
+            return Ok(current);
+        }
+        match image {
+            NewImage::Read {
+                width,
+                height,
+                thumbnail,
+            } => {
+                let thumbnail_id = match thumbnail {
+                    Some(thumb) => {
+                        let (id,): (i64,) = sqlx::query_as(
+                            "INSERT INTO files (owner_id, name, mime, size, sha256, content_key, \
+                             source_id, status, created_at, expires_at, completed_at, width, height) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, 'complete', $8, $8, $8, $9, $10) \
+                             RETURNING id",
+                        )
+                        .bind(sql_id(current.owner_id.get()))
+                        .bind(thumb.name)
+                        .bind(thumb.mime)
+                        .bind(sql_pos(thumb.size))
+                        .bind(thumb.sha256)
+                        .bind(thumb.content_key)
+                        .bind(&current.source_id)
+                        .bind(now_ms)
+                        .bind(i64::from(thumb.width))
+                        .bind(i64::from(thumb.height))
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        Some(id)
+                    }
+                    None => None,
+                };
+                sqlx::query(
+                    "UPDATE files SET width = $1, height = $2, thumbnail_file_id = $3 WHERE id = $4",
+                )
+                .bind(i64::from(*width))
+                .bind(i64::from(*height))
+                .bind(thumbnail_id)
+                .bind(sql_id(file.get()))
+                .execute(&mut *tx)
+                .await?;
+            }
+            NewImage::Unread { error } => {
+                sqlx::query("UPDATE files SET image_error = $1 WHERE id = $2")
+                    .bind(*error)
+                    .bind(sql_id(file.get()))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        let row = sqlx::query(&format!(
+            "SELECT {FILE_COLUMNS} FROM files f WHERE f.id = $1"
+        ))
+        .bind(sql_id(file.get()))
+        .fetch_one(&mut *tx)
+        .await?;
+        let updated = file_from_row(&row)?;
+        tx.commit().await?;
+        Ok(updated)
+    }
+
     async fn delete_upload_once(&self, file: FileId) -> Result<bool, Fail> {
         let mut tx = self.pool.begin().await?;
         let pending: Option<(i64,)> =
@@ -301,13 +416,13 @@ impl FileStore for PostgresStorage {
 
     async fn file(&self, id: FileId) -> Result<Option<FileRecord>, StorageError> {
         timed(BACKEND, "file", async {
-            let row: Option<FileRow> = sqlx::query_as(&format!(
+            let row = sqlx::query(&format!(
                 "SELECT {FILE_COLUMNS} FROM files f WHERE f.id = $1"
             ))
             .bind(sql_id(id.get()))
             .fetch_optional(&self.pool)
             .await?;
-            row.map(record).transpose()
+            row.as_ref().map(file_from_row).transpose()
         })
         .await
     }
@@ -395,7 +510,7 @@ impl FileStore for PostgresStorage {
         content_key: &str,
     ) -> Result<Option<FileRecord>, StorageError> {
         timed(BACKEND, "file_by_content_key", async {
-            let row: Option<FileRow> = sqlx::query_as(&format!(
+            let row = sqlx::query(&format!(
                 "SELECT {FILE_COLUMNS} FROM files f WHERE f.source_id = $1 AND f.content_key = $2 \
                  AND f.status = 'complete' ORDER BY f.id LIMIT 1"
             ))
@@ -403,7 +518,7 @@ impl FileStore for PostgresStorage {
             .bind(content_key)
             .fetch_optional(&self.pool)
             .await?;
-            row.map(record).transpose()
+            row.as_ref().map(file_from_row).transpose()
         })
         .await
     }
@@ -429,7 +544,7 @@ impl FileStore for PostgresStorage {
         limit: u32,
     ) -> Result<Vec<FileRecord>, StorageError> {
         timed(BACKEND, "expired_uploads", async {
-            let rows: Vec<FileRow> = sqlx::query_as(&format!(
+            let rows = sqlx::query(&format!(
                 "SELECT {FILE_COLUMNS} FROM files f WHERE f.status = 'pending' AND f.expires_at < $1 \
                  ORDER BY f.expires_at, f.id LIMIT $2"
             ))
@@ -437,8 +552,22 @@ impl FileStore for PostgresStorage {
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?;
-            rows.into_iter().map(record).collect()
+            rows.iter().map(file_from_row).collect()
         })
+        .await
+    }
+
+    async fn record_image(
+        &self,
+        file: FileId,
+        image: NewImage<'_>,
+        now_ms: i64,
+    ) -> Result<FileRecord, StorageError> {
+        timed(
+            BACKEND,
+            "record_image",
+            retrying(|| self.record_image_once(file, &image, now_ms)),
+        )
         .await
     }
 
