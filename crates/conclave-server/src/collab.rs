@@ -196,6 +196,8 @@ struct LiveRoom {
     bytes_since_snapshot: u64,
     /// Bytes of the stored snapshot.
     snapshot_bytes: u64,
+    /// A snapshot is being written in the background.
+    compacting: bool,
     /// When the last connection left (ms on the rooms' clock); the room is
     /// unloaded once it has been idle for `documents.unload_after_idle_secs`.
     idle_since_ms: Option<u64>,
@@ -262,10 +264,17 @@ pub(crate) struct DocumentRooms {
     /// Other nodes hear each stored update, for their rooms of the same
     /// document.
     cluster: Arc<Cluster>,
+    /// For snapshots written in the background.
+    storage: Arc<dyn Storage>,
 }
 
 impl DocumentRooms {
-    pub(crate) fn new(config: &DocumentsConfig, queue_frames: u32, cluster: Arc<Cluster>) -> Self {
+    pub(crate) fn new(
+        config: &DocumentsConfig,
+        queue_frames: u32,
+        cluster: Arc<Cluster>,
+        storage: Arc<dyn Storage>,
+    ) -> Self {
         Self {
             rooms: Mutex::new(HashMap::new()),
             next_connection: AtomicU64::new(1),
@@ -277,6 +286,7 @@ impl DocumentRooms {
             unload_after_ms: config.unload_after_idle_secs.saturating_mul(1000),
             max_document_bytes: config.max_document_bytes,
             cluster,
+            storage,
         }
     }
 
@@ -436,7 +446,10 @@ impl DocumentRooms {
                 "dropped updates from a read-only connection"
             );
         }
-        if let Err(cause) = self.commit(storage, live, conn.id, &effects).await {
+        if let Err(cause) = self
+            .commit(storage, &conn.slot, live, conn.id, &effects)
+            .await
+        {
             // Clients still hold their edits and send them again (sync step
             // 2) to the fresh room they reconnect to.
             fail(live, cause.clone());
@@ -455,6 +468,7 @@ impl DocumentRooms {
     async fn commit(
         &self,
         storage: &dyn Storage,
+        slot: &SharedSlot,
         live: &mut LiveRoom,
         sender: ConnectionId,
         effects: &Effects,
@@ -468,12 +482,60 @@ impl DocumentRooms {
         }
         self.publish_awareness(live.document, effects);
         live.fan_out(sender, effects);
-        if live.head_seq.saturating_sub(live.snapshot_seq) >= self.compact_every
-            || live.bytes_since_snapshot >= self.compact_every_bytes
-        {
-            self.compact(storage, live).await;
+        let due = live.head_seq.saturating_sub(live.snapshot_seq) >= self.compact_every
+            || live.bytes_since_snapshot >= self.compact_every_bytes;
+        if due && !live.compacting {
+            if self.cluster.is_clustered() {
+                // The stored log is read into the room first (see
+                // `compact`), under the lock.
+                self.compact(storage, live).await;
+            } else {
+                self.compact_in_background(slot, live);
+            }
         }
         Ok(())
+    }
+
+    /// Writes a snapshot of the room as it is now without holding up its
+    /// editors: the state is encoded under the lock, stored by a task, and
+    /// the room learns what the snapshot covers when it is done.
+    fn compact_in_background(&self, slot: &SharedSlot, live: &mut LiveRoom) {
+        if live.head_seq <= live.snapshot_seq {
+            return;
+        }
+        live.compacting = true;
+        let snapshot = live.room.encode_state();
+        let (document, up_to, logged) = (live.document, live.head_seq, live.bytes_since_snapshot);
+        let (storage, slot) = (self.storage.clone(), slot.clone());
+        tokio::spawn(async move {
+            let result = tokio::time::timeout(
+                STORAGE_TIMEOUT,
+                storage
+                    .documents()
+                    .compact(document, &snapshot, up_to, crate::unix_ms()),
+            )
+            .await;
+            let stored = match result {
+                Ok(Ok(_)) => true,
+                Ok(Err(err)) => {
+                    tracing::warn!(document = %document, error = %err, "document compaction failed");
+                    false
+                }
+                Err(_) => {
+                    tracing::warn!(document = %document, "document compaction timed out");
+                    false
+                }
+            };
+            let mut guard = slot.lock().await;
+            if let Slot::Live(live) = &mut *guard {
+                live.compacting = false;
+                if stored && up_to > live.snapshot_seq {
+                    live.snapshot_seq = up_to;
+                    live.snapshot_bytes = snapshot.len() as u64;
+                    live.bytes_since_snapshot = live.bytes_since_snapshot.saturating_sub(logged);
+                }
+            }
+        });
     }
 
     /// Makes an edit of the server's own (restoring a version): `edit` gets
@@ -506,7 +568,9 @@ impl DocumentRooms {
             let update =
                 edit(&live.room.encode_state()).map_err(|err| CloseCause::invalid(&err))?;
             let effects = live.room.apply_server_update(&update);
-            let committed = self.commit(storage, live, ConnectionId(0), &effects).await;
+            let committed = self
+                .commit(storage, &slot, live, ConnectionId(0), &effects)
+                .await;
             if let Err(cause) = committed {
                 fail(live, cause.clone());
                 *guard = Slot::Gone;
@@ -752,6 +816,7 @@ impl DocumentRooms {
             snapshot_seq: stored.snapshot_seq,
             bytes_since_snapshot: stored.updates.iter().map(|(_, u)| u.len() as u64).sum(),
             snapshot_bytes: stored.snapshot.as_ref().map_or(0, |s| s.len() as u64),
+            compacting: false,
             idle_since_ms: None,
         })
     }

@@ -76,6 +76,7 @@ impl AppState {
             &config.documents,
             config.limits.session_send_queue_frames,
             cluster.clone(),
+            storage.clone(),
         );
         Ok(Self(Arc::new(Inner {
             rate_limits: RateLimits::new(&config.limits),
