@@ -7,6 +7,7 @@
 //! based on inside the transaction that applies it.
 
 use conclave_core::{ChannelId, ErrorCode, UserId};
+use conclave_docs::Access;
 use conclave_protocol::api::account::{Audience, Privacy};
 use conclave_protocol::api::groups::{InvitePolicy, Role};
 use conclave_storage::{
@@ -53,27 +54,43 @@ pub(crate) async fn may_open_document(
     document: &DocumentRecord,
     user: UserId,
 ) -> Result<(), ApiError> {
+    document_access(state, document, user).await.map(|_| ())
+}
+
+/// What `user` may do to a document: its owner edits it; a member of its
+/// channel edits it while they may write in the channel, and otherwise
+/// (muted, a muted-all group without a moderator's role, a direct channel
+/// whose peer blocks them) reads it. Anyone else is `forbidden`.
+pub(crate) async fn document_access(
+    state: &AppState,
+    document: &DocumentRecord,
+    user: UserId,
+) -> Result<Access, ApiError> {
     if document.owner_id == user {
-        return Ok(());
+        return Ok(Access::ReadWrite);
     }
-    if let Some(channel) = document.channel_id {
-        if state
-            .storage
-            .messages()
-            .member(channel, user)
-            .await?
-            .is_some()
-        {
-            return Ok(());
-        }
+    let forbidden = || {
+        ApiError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "only the owner and members of its channel may open document `{}`",
+                document.name
+            ),
+        )
+    };
+    let Some(channel) = document.channel_id else {
+        return Err(forbidden());
+    };
+    let (channel, member) = match member_of(state, channel, user).await {
+        Ok(found) => found,
+        Err(err) if err.code == ErrorCode::NotMember => return Err(forbidden()),
+        Err(err) => return Err(err),
+    };
+    match may_write(state, &channel, &member, crate::unix_ms()).await {
+        Ok(()) => Ok(Access::ReadWrite),
+        Err(err) if err.code.http_status() < 500 => Ok(Access::ReadOnly),
+        Err(err) => Err(err),
     }
-    Err(ApiError::new(
-        ErrorCode::Forbidden,
-        format!(
-            "only the owner and members of its channel may open document `{}`",
-            document.name
-        ),
-    ))
 }
 
 /// A file may be downloaded (and shared again) by its uploader and by the

@@ -428,6 +428,69 @@ async fn an_idle_document_stays_loaded_for_a_while_then_unloads() {
     assert_eq!(loads(), 2);
 }
 
+/// In a group's document the group's rules apply: while the group is muted
+/// for everyone but its moderators, a plain member's connection is read-only
+/// whatever its token says, and may not restore versions; the owner still
+/// edits.
+#[tokio::test]
+async fn a_muted_group_reads_its_documents_but_does_not_edit_them() {
+    use conclave_client::api::documents::DocVersionRestore;
+    use conclave_client::api::groups::{GroupCreate, MuteAll};
+
+    let env = CollabEnv::start("");
+    let owner = env.register("owner").await;
+    let member = env.register("member").await;
+    let group = env
+        .as_user(&owner)
+        .call(&GroupCreate {
+            name: "Writers".to_owned(),
+            description: None,
+            member_ids: vec![member.user_id],
+        })
+        .await
+        .expect("group/group/create");
+    env.create_doc(&owner, "doc", Some(group.channel_id)).await;
+    let member_token = env.token(&member, "doc", DocScope::ReadWrite).await;
+    let owner_token = env.token(&owner, "doc", DocScope::ReadWrite).await;
+    let mut owner_socket = connect(&env, "doc", Some(&owner_token)).await;
+    assert_eq!(next_binary(&mut owner_socket).await, hex(SYNC_STEP_1_EMPTY));
+    let owner_http = env.as_user(&owner);
+    owner_http
+        .call(&MuteAll {
+            group_id: group.group_id,
+            muted: true,
+        })
+        .await
+        .expect("mute all");
+    let mut muted = connect(&env, "doc", Some(&member_token)).await;
+    assert_eq!(next_binary(&mut muted).await, hex(SYNC_STEP_1_EMPTY));
+    send(&mut muted, &hex(UPDATE_HI)).await;
+    quiet(&mut owner_socket).await;
+    let refused = env
+        .as_user(&member)
+        .call(&DocVersionRestore {
+            name: "doc".to_owned(),
+            version: 1,
+        })
+        .await;
+    assert_eq!(refused.unwrap_err().code(), Some("forbidden"));
+
+    owner_http
+        .call(&MuteAll {
+            group_id: group.group_id,
+            muted: false,
+        })
+        .await
+        .expect("unmute");
+    let mut member_socket = connect(&env, "doc", Some(&member_token)).await;
+    assert_eq!(
+        next_binary(&mut member_socket).await,
+        hex(SYNC_STEP_1_EMPTY)
+    );
+    send(&mut member_socket, &hex(UPDATE_HI)).await;
+    assert_eq!(next_binary(&mut owner_socket).await, hex(UPDATE_HI));
+}
+
 // ---------------------------------------------------------------------------
 // The JSON protocol (`/ws`)
 

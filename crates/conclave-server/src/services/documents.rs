@@ -9,10 +9,11 @@ use conclave_protocol::api::documents::*;
 use conclave_storage::{DocumentRecord, VersionRecord};
 
 use crate::api_error::ApiError;
-use crate::permissions::{may_open_document, member_of};
+use crate::permissions::{document_access, may_open_document, member_of};
 use crate::rpc::{RouteTable, RpcContext};
 use crate::state::AppState;
 use crate::tokens::{self, DocumentClaims};
+use conclave_docs::Access;
 
 pub(crate) fn register(table: &mut RouteTable) {
     table.add(create);
@@ -106,6 +107,12 @@ async fn version_restore(
 ) -> Result<VersionRestored, ApiError> {
     let caller = ctx.caller()?;
     let document = openable(&ctx.state, &req.name, caller.user_id).await?;
+    if document_access(&ctx.state, &document, caller.user_id).await? != Access::ReadWrite {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "you may read this document but not edit it, so not restore it",
+        ));
+    }
     let (_, past) = saved(&ctx.state, &document, req.version).await?;
     // What is there now is kept, so the restore can be undone.
     let saved = save_version(

@@ -18,7 +18,7 @@ use conclave_docs::Access;
 use conclave_storage::DocumentRecord;
 
 use crate::collab::{CloseCause, Dialect, close};
-use crate::permissions::may_open_document;
+use crate::permissions::document_access;
 use crate::state::AppState;
 use crate::tokens::{self, TokenError};
 use crate::transport::bearer_token;
@@ -196,21 +196,32 @@ pub(crate) async fn authorize(
         .map_err(unavailable)?
         .filter(|document| document.name == name)
         .ok_or_else(forbidden)?;
-    // The token may be older than a change of membership.
-    may_open_document(state, &document, claims.user_id)
+    // The token may be older than a change of membership or of the
+    // user's right to write in the document's channel.
+    let allowed = access_now(state, &document, claims.user_id).await?;
+    let access = if claims.read_only {
+        Access::ReadOnly
+    } else {
+        allowed
+    };
+    Ok((document, access))
+}
+
+/// What the user may do to the document now, as a refusal to connect if
+/// nothing.
+async fn access_now(
+    state: &AppState,
+    document: &DocumentRecord,
+    user: conclave_core::UserId,
+) -> Result<Access, CloseCause> {
+    document_access(state, document, user)
         .await
         .map_err(|err| match err.code {
             ErrorCode::Forbidden => {
                 CloseCause::new(close::FORBIDDEN, ErrorCode::Forbidden, err.message)
             }
             _ => CloseCause::new(close::INTERNAL, ErrorCode::Unavailable, "reconnect"),
-        })?;
-    let access = if claims.read_only {
-        Access::ReadOnly
-    } else {
-        Access::ReadWrite
-    };
-    Ok((document, access))
+        })
 }
 
 /// Like [`authorize`], for endpoints that also take an account's access
@@ -248,15 +259,8 @@ pub(crate) async fn authorize_any(
                 format!("there is no document `{name}`"),
             )
         })?;
-    may_open_document(state, &document, caller.user_id)
-        .await
-        .map_err(|err| match err.code {
-            ErrorCode::Forbidden => {
-                CloseCause::new(close::FORBIDDEN, ErrorCode::Forbidden, err.message)
-            }
-            _ => CloseCause::new(close::INTERNAL, ErrorCode::Unavailable, "reconnect"),
-        })?;
-    Ok((document, Access::ReadWrite))
+    let access = access_now(state, &document, caller.user_id).await?;
+    Ok((document, access))
 }
 
 pub(crate) fn too_big(max: usize) -> CloseCause {
