@@ -2,6 +2,7 @@
 //! delivers pushed events back. They share the frame handling in `frames`.
 
 pub(crate) mod collab;
+pub(crate) mod doc_socket;
 pub(crate) mod files;
 pub(crate) mod framed;
 pub(crate) mod frames;

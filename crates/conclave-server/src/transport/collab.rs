@@ -7,21 +7,23 @@
 //! permission-denied message. Binary messages go to the document's room
 //! (`crate::collab`); what the room sends back is written in order.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
+use bytes::Bytes;
 use conclave_core::ErrorCode;
 use conclave_docs::Access;
 use conclave_storage::DocumentRecord;
 
-use crate::collab::{CloseCause, Dialect, close};
+use crate::collab::{CloseCause, Dialect, DocConnection, close};
 use crate::permissions::document_access;
 use crate::state::AppState;
 use crate::tokens::{self, TokenError};
 use crate::transport::bearer_token;
+use crate::transport::doc_socket::{Incoming, SocketHandler, drive};
 
 /// Bytes tungstenite reads per syscall: most messages are small
 /// keystrokes, and idle editors should cost little memory.
@@ -80,57 +82,11 @@ async fn run(state: AppState, name: String, token: Option<String>, mut socket: W
     };
     tracing::debug!(document = %conn.document, connection = conn.id.0, "document connection open");
 
-    let update_max = state.config.documents.update_max_bytes as usize;
-    let idle_timeout = Duration::from_millis(limits.idle_timeout_ms);
-    let mut heartbeat = tokio::time::interval(Duration::from_millis(limits.heartbeat_interval_ms));
-    heartbeat.reset();
-    let mut last_heard = Instant::now();
-    let kicked = inbox.kicked();
-    tokio::pin!(kicked);
-    let shutdown = state.shutdown.clone();
-
-    // `None`: the peer is gone or not reading; there is nobody to tell.
-    let cause: Option<CloseCause> = loop {
-        tokio::select! {
-            biased;
-            Some(frame) = inbox.outgoing.recv() => {
-                if !send(&mut socket, Message::Binary(frame), write_timeout).await {
-                    break None;
-                }
-            }
-            () = &mut kicked => break inbox.kick_cause(),
-            () = shutdown.cancelled() => {
-                break Some(CloseCause::new(close::GOING_AWAY, ErrorCode::ShuttingDown, "the server is shutting down; reconnect"));
-            }
-            message = socket.recv() => {
-                last_heard = Instant::now();
-                match message {
-                    Some(Ok(Message::Binary(bytes))) => {
-                        if bytes.len() > update_max {
-                            break Some(too_big(update_max));
-                        }
-                        if let Err(cause) = state.documents.receive(&*state.storage, &conn, &bytes).await {
-                            break Some(cause);
-                        }
-                    }
-                    Some(Ok(Message::Text(_))) => {
-                        break Some(CloseCause::new(close::UNSUPPORTED_DATA, ErrorCode::InvalidUpdate, "y-websocket messages are binary"));
-                    }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                    Some(Ok(Message::Close(_))) | None => break None,
-                    Some(Err(err)) => break read_failed(err, update_max),
-                }
-            }
-            _ = heartbeat.tick() => {
-                if last_heard.elapsed() >= idle_timeout {
-                    break Some(CloseCause::new(close::NORMAL, ErrorCode::IdleTimeout, "no traffic from the client; closing"));
-                }
-                if !send(&mut socket, Message::Ping(Default::default()), write_timeout).await {
-                    break None;
-                }
-            }
-        }
+    let mut handler = YWebsocket {
+        state: &state,
+        conn: &conn,
     };
+    let cause = drive(&state, &mut socket, &mut inbox, &mut handler).await;
 
     let (document, id) = (conn.document, conn.id);
     state.documents.leave(&*state.storage, conn).await;
@@ -144,6 +100,34 @@ async fn run(state: AppState, name: String, token: Option<String>, mut socket: W
         reason = cause.as_ref().map(|c| c.message.as_str()),
         "document connection closed"
     );
+}
+
+/// The y-websocket protocol: binary messages go to the room as they are.
+struct YWebsocket<'a> {
+    state: &'a AppState,
+    conn: &'a DocConnection,
+}
+
+impl SocketHandler for YWebsocket<'_> {
+    fn outgoing(&mut self, frame: Bytes) -> Option<Message> {
+        Some(Message::Binary(frame))
+    }
+
+    async fn incoming(&mut self, message: Incoming) -> Result<(), CloseCause> {
+        match message {
+            Incoming::Binary(bytes) => self
+                .state
+                .documents
+                .receive(&*self.state.storage, self.conn, &bytes)
+                .await
+                .map(|_| ()),
+            Incoming::Text(_) => Err(CloseCause::new(
+                close::UNSUPPORTED_DATA,
+                ErrorCode::InvalidUpdate,
+                "y-websocket messages are binary",
+            )),
+        }
+    }
 }
 
 /// Checks the token against the document and the user's current rights:

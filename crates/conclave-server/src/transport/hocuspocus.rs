@@ -13,7 +13,7 @@
 //! document); see `docs/PROTOCOL.md` section 14.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -25,9 +25,8 @@ use conclave_docs::hocuspocus::{self, DocumentMessage, Incoming};
 
 use crate::collab::{CloseCause, Dialect, DocConnection, SocketLink, close};
 use crate::state::AppState;
-use crate::transport::collab::{
-    READ_BUFFER_BYTES, authorize, close_with, read_failed, send, too_big,
-};
+use crate::transport::collab::{READ_BUFFER_BYTES, authorize, close_with};
+use crate::transport::doc_socket::{Incoming as SocketMessage, SocketHandler, drive};
 
 pub(crate) async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
     let max = state.config.documents.update_max_bytes as usize;
@@ -45,63 +44,18 @@ struct OpenDocument {
 }
 
 async fn run(state: AppState, mut socket: WebSocket) {
-    let limits = &state.config.limits;
     let documents_max = state.config.documents.max_documents_per_socket as usize;
-    let update_max = state.config.documents.update_max_bytes as usize;
-    let write_timeout = Duration::from_millis(limits.write_timeout_ms);
-    let idle_timeout = Duration::from_millis(limits.idle_timeout_ms);
+    let write_timeout = Duration::from_millis(state.config.limits.write_timeout_ms);
     let (link, mut inbox) = state.documents.socket(documents_max);
-    let mut open: HashMap<String, OpenDocument> = HashMap::new();
-    let mut heartbeat = tokio::time::interval(Duration::from_millis(limits.heartbeat_interval_ms));
-    heartbeat.reset();
-    let mut last_heard = Instant::now();
-    let kicked = inbox.kicked();
-    tokio::pin!(kicked);
-    let shutdown = state.shutdown.clone();
-
-    let cause: Option<CloseCause> = loop {
-        tokio::select! {
-            biased;
-            Some(frame) = inbox.outgoing.recv() => {
-                if !send(&mut socket, Message::Binary(frame), write_timeout).await {
-                    break None;
-                }
-            }
-            () = &mut kicked => break inbox.kick_cause(),
-            () = shutdown.cancelled() => {
-                break Some(CloseCause::new(close::GOING_AWAY, ErrorCode::ShuttingDown, "the server is shutting down; reconnect"));
-            }
-            message = socket.recv() => {
-                last_heard = Instant::now();
-                match message {
-                    Some(Ok(Message::Binary(bytes))) => {
-                        if bytes.len() > update_max {
-                            break Some(too_big(update_max));
-                        }
-                        if let Err(cause) = handle(&state, &link, &mut open, documents_max, &bytes).await {
-                            break Some(cause);
-                        }
-                    }
-                    Some(Ok(Message::Text(_))) => {
-                        break Some(CloseCause::new(close::UNSUPPORTED_DATA, ErrorCode::InvalidUpdate, "Hocuspocus messages are binary"));
-                    }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                    Some(Ok(Message::Close(_))) | None => break None,
-                    Some(Err(err)) => break read_failed(err, update_max),
-                }
-            }
-            _ = heartbeat.tick() => {
-                if last_heard.elapsed() >= idle_timeout {
-                    break Some(CloseCause::new(close::NORMAL, ErrorCode::IdleTimeout, "no traffic from the client; closing"));
-                }
-                // The provider reconnects when it hears nothing for 30 s;
-                // WebSocket pings are invisible to it.
-                link.push(Bytes::from_static(&hocuspocus::PING));
-            }
-        }
+    let mut handler = Hocuspocus {
+        state: &state,
+        link,
+        open: HashMap::new(),
+        documents_max,
     };
+    let cause = drive(&state, &mut socket, &mut inbox, &mut handler).await;
 
-    for (_, document) in open.drain() {
+    for (_, document) in handler.open.drain() {
         state.documents.leave(&*state.storage, document.conn).await;
     }
     if let Some(cause) = &cause {
@@ -112,6 +66,47 @@ async fn run(state: AppState, mut socket: WebSocket) {
         reason = cause.as_ref().map(|c| c.message.as_str()),
         "hocuspocus connection closed"
     );
+}
+
+/// The Hocuspocus protocol on one socket: the documents it has open, by
+/// their address.
+struct Hocuspocus<'a> {
+    state: &'a AppState,
+    link: SocketLink,
+    open: HashMap<String, OpenDocument>,
+    documents_max: usize,
+}
+
+impl SocketHandler for Hocuspocus<'_> {
+    fn outgoing(&mut self, frame: Bytes) -> Option<Message> {
+        Some(Message::Binary(frame))
+    }
+
+    async fn incoming(&mut self, message: SocketMessage) -> Result<(), CloseCause> {
+        match message {
+            SocketMessage::Binary(bytes) => {
+                handle(
+                    self.state,
+                    &self.link,
+                    &mut self.open,
+                    self.documents_max,
+                    &bytes,
+                )
+                .await
+            }
+            SocketMessage::Text(_) => Err(CloseCause::new(
+                close::UNSUPPORTED_DATA,
+                ErrorCode::InvalidUpdate,
+                "Hocuspocus messages are binary",
+            )),
+        }
+    }
+
+    /// The provider reconnects when it hears nothing for 30 s; WebSocket
+    /// pings are invisible to it.
+    fn heartbeat(&mut self) -> Message {
+        Message::Binary(Bytes::from_static(&hocuspocus::PING))
+    }
 }
 
 /// Handles one message; an error closes the socket.

@@ -21,7 +21,7 @@
 //! a message over `documents.update_max_bytes` closes it.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
@@ -35,12 +35,11 @@ use conclave_docs::hocuspocus;
 use conclave_docs::message::{self as ymessage, Message as YMessage};
 use serde::{Deserialize, Serialize};
 
-use crate::collab::{CloseCause, Dialect, DocConnection, SocketLink, close};
+use crate::collab::{CloseCause, Dialect, DocConnection, SocketLink};
 use crate::state::AppState;
 use crate::transport::bearer_token;
-use crate::transport::collab::{
-    READ_BUFFER_BYTES, authorize_any, close_with, read_failed, send, too_big,
-};
+use crate::transport::collab::{READ_BUFFER_BYTES, authorize_any, close_with};
+use crate::transport::doc_socket::{Incoming as SocketMessage, SocketHandler, drive};
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct JsonParams {
@@ -131,68 +130,63 @@ struct OpenDocument {
 }
 
 async fn run(state: AppState, token: Option<String>, mut socket: WebSocket) {
-    let limits = &state.config.limits;
     let documents_max = state.config.documents.max_documents_per_socket as usize;
-    let update_max = state.config.documents.update_max_bytes as usize;
-    let write_timeout = Duration::from_millis(limits.write_timeout_ms);
-    let idle_timeout = Duration::from_millis(limits.idle_timeout_ms);
+    let write_timeout = Duration::from_millis(state.config.limits.write_timeout_ms);
     let (link, mut inbox) = state.documents.socket(documents_max);
-    let mut open: HashMap<String, OpenDocument> = HashMap::new();
-    let mut heartbeat = tokio::time::interval(Duration::from_millis(limits.heartbeat_interval_ms));
-    heartbeat.reset();
-    let mut last_heard = Instant::now();
-    let kicked = inbox.kicked();
-    tokio::pin!(kicked);
-    let shutdown = state.shutdown.clone();
-
-    let cause: Option<CloseCause> = loop {
-        tokio::select! {
-            biased;
-            Some(frame) = inbox.outgoing.recv() => {
-                let Some(text) = translate(&mut open, &frame) else { continue };
-                if !send(&mut socket, Message::Text(text), write_timeout).await {
-                    break None;
-                }
-            }
-            () = &mut kicked => break inbox.kick_cause(),
-            () = shutdown.cancelled() => {
-                break Some(CloseCause::new(close::GOING_AWAY, ErrorCode::ShuttingDown, "the server is shutting down; reconnect"));
-            }
-            message = socket.recv() => {
-                last_heard = Instant::now();
-                match message {
-                    Some(Ok(Message::Text(text))) => {
-                        if text.len() > update_max {
-                            break Some(too_big(update_max));
-                        }
-                        if let Err(cause) = handle(&state, &link, &mut open, documents_max, token.as_deref(), text.as_str()).await {
-                            break Some(cause);
-                        }
-                    }
-                    Some(Ok(Message::Binary(_))) => {
-                        link.push(Reply::error(None, ErrorCode::BadRequest, "messages are JSON text"));
-                    }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                    Some(Ok(Message::Close(_))) | None => break None,
-                    Some(Err(err)) => break read_failed(err, update_max),
-                }
-            }
-            _ = heartbeat.tick() => {
-                if last_heard.elapsed() >= idle_timeout {
-                    break Some(CloseCause::new(close::NORMAL, ErrorCode::IdleTimeout, "no traffic from the client; closing"));
-                }
-                if !send(&mut socket, Message::Ping(Default::default()), write_timeout).await {
-                    break None;
-                }
-            }
-        }
+    let mut handler = Json {
+        state: &state,
+        link,
+        open: HashMap::new(),
+        documents_max,
+        token,
     };
+    let cause = drive(&state, &mut socket, &mut inbox, &mut handler).await;
+    let mut open = handler.open;
 
     for (_, document) in open.drain() {
         state.documents.leave(&*state.storage, document.conn).await;
     }
     if let Some(cause) = &cause {
         close_with(&mut socket, cause, write_timeout).await;
+    }
+}
+
+/// The JSON protocol on one socket: the documents it has open.
+struct Json<'a> {
+    state: &'a AppState,
+    link: SocketLink,
+    open: HashMap<String, OpenDocument>,
+    documents_max: usize,
+    token: Option<String>,
+}
+
+impl SocketHandler for Json<'_> {
+    fn outgoing(&mut self, frame: Bytes) -> Option<Message> {
+        translate(&mut self.open, &frame).map(Message::Text)
+    }
+
+    async fn incoming(&mut self, message: SocketMessage) -> Result<(), CloseCause> {
+        match message {
+            SocketMessage::Text(text) => {
+                handle(
+                    self.state,
+                    &self.link,
+                    &mut self.open,
+                    self.documents_max,
+                    self.token.as_deref(),
+                    &text,
+                )
+                .await
+            }
+            SocketMessage::Binary(_) => {
+                self.link.push(Reply::error(
+                    None,
+                    ErrorCode::BadRequest,
+                    "messages are JSON text",
+                ));
+                Ok(())
+            }
+        }
     }
 }
 
