@@ -19,13 +19,16 @@
 //!   fan-out latency at every member, delivered events per second.
 //! - [`scenarios::catchup`]: devices that were offline while messages
 //!   accumulated reconnect at once and catch up by sync.
+//! - [`scenarios::docs`]: clients editing shared Yjs documents over the
+//!   y-websocket endpoint; update latency at every other client, updates
+//!   and deliveries per second, server memory per loaded document.
 //!
 //! [`scenarios::traffic`] holds what `direct` and `group` share: the send
 //! schedule, latency recording and the per-channel checks.
 //!
 //! Each scenario verifies what it measured: a lost, duplicated or
-//! out-of-order message fails the run, because a benchmark that loses
-//! messages has no throughput.
+//! out-of-order message (or document update) fails the run, because a
+//! benchmark that loses messages has no throughput.
 
 pub mod chart;
 pub mod common;

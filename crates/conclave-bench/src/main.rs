@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use conclave_bench::scenarios::catchup::{self, CatchupOptions};
 use conclave_bench::scenarios::connections::{self, ConnectionsOptions};
 use conclave_bench::scenarios::direct::{self, DirectOptions};
+use conclave_bench::scenarios::docs::{self, DocsOptions};
 use conclave_bench::scenarios::group::{self, GroupOptions};
 use conclave_bench::{Outcome, Progress, Report, Target};
 use serde::Serialize;
@@ -69,8 +70,16 @@ enum Scenario {
         #[command(flatten)]
         options: GroupOptions,
     },
-    /// Not available yet: needs collaborative documents.
-    Docs,
+    /// Collaborative documents: clients edit shared Yjs documents over
+    /// y-websocket (`/collab/<name>`); update latency at every other
+    /// client, updates and deliveries per second, server memory per
+    /// loaded document.
+    Docs {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        options: DocsOptions,
+    },
 }
 
 /// Flags every scenario takes.
@@ -141,14 +150,13 @@ async fn run(scenario: Scenario) -> anyhow::Result<bool> {
             let result = group::run(&target, &options, &progress).await?;
             finish(&common, &options, &target, &result)
         }
-        Scenario::Docs => not_yet("docs", "collaborative documents"),
+        Scenario::Docs { common, options } => {
+            let target = target(&common).await?;
+            let progress = Progress::new(!common.no_progress);
+            let result = docs::run(&target, &options, &progress).await?;
+            finish(&common, &options, &target, &result)
+        }
     }
-}
-
-fn not_yet(scenario: &str, feature: &str) -> anyhow::Result<bool> {
-    anyhow::bail!(
-        "the `{scenario}` scenario is not available yet: the server has no {feature} (see BENCHMARKS.md)"
-    )
 }
 
 async fn target(common: &Common) -> anyhow::Result<Target> {

@@ -146,6 +146,101 @@ fn parse_metrics(text: &str) -> Metrics {
     metrics
 }
 
+/// The server's histogram of database operation times.
+const DB_DURATION: &str = "conclave_db_query_duration_seconds";
+
+/// Time the server spent in one kind of database operation, from its
+/// `conclave_db_query_duration_seconds` histogram (summed over backends
+/// and outcomes). A call's time includes waiting for the database's write
+/// lock.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct DbOperation {
+    pub op: String,
+    pub count: u64,
+    pub total_secs: f64,
+}
+
+impl DbOperation {
+    /// Mean time per call, in milliseconds.
+    #[must_use]
+    pub fn mean_ms(&self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            1000.0 * self.total_secs / self.count as f64
+        }
+    }
+}
+
+/// The server's database operations so far, from the admin `/metrics`;
+/// `None` without `--admin` or when the scrape fails.
+pub async fn db_operations(target: &Target) -> Option<Vec<DbOperation>> {
+    let text = scrape(target.admin_url.as_ref()?).await?;
+    Some(parse_db_operations(&text))
+}
+
+/// What happened between two [`db_operations`] readings: operations that
+/// ran in between, most time first.
+#[must_use]
+pub fn db_operations_between(before: &[DbOperation], after: &[DbOperation]) -> Vec<DbOperation> {
+    let mut between: Vec<DbOperation> = after
+        .iter()
+        .filter_map(|now| {
+            let earlier = before.iter().find(|then| then.op == now.op);
+            let count = now.count - earlier.map_or(0, |then| then.count.min(now.count));
+            (count > 0).then(|| DbOperation {
+                op: now.op.clone(),
+                count,
+                total_secs: now.total_secs - earlier.map_or(0.0, |then| then.total_secs),
+            })
+        })
+        .collect();
+    between.sort_by(|a, b| b.total_secs.total_cmp(&a.total_secs));
+    between
+}
+
+fn parse_db_operations(text: &str) -> Vec<DbOperation> {
+    let mut ops: std::collections::BTreeMap<String, DbOperation> = Default::default();
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.trim().parse::<f64>() else {
+            continue;
+        };
+        let name = series.split('{').next().unwrap_or_default();
+        let Some(field) = name.strip_prefix(DB_DURATION) else {
+            continue;
+        };
+        let Some(op) = label(series, "op") else {
+            continue;
+        };
+        let entry = ops.entry(op.to_owned()).or_insert_with(|| DbOperation {
+            op: op.to_owned(),
+            ..DbOperation::default()
+        });
+        match field {
+            "_sum" => entry.total_secs += value,
+            "_count" => entry.count += value as u64,
+            _ => {}
+        }
+    }
+    ops.into_values().collect()
+}
+
+/// The value of label `name` in a series like `x{a="1",b="2"}` (values
+/// without commas or quotes, as the server's are).
+fn label<'a>(series: &'a str, name: &str) -> Option<&'a str> {
+    let labels = series.split_once('{')?.1.strip_suffix('}')?;
+    labels.split(',').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key.trim() == name).then(|| value.trim().trim_matches('"'))
+    })
+}
+
 /// The machine a report was measured on.
 #[derive(Debug, Clone, Serialize)]
 pub struct Machine {
@@ -229,6 +324,29 @@ mod tests {
                 open_connections: Some(9),
             }
         );
+    }
+
+    #[test]
+    fn reads_database_times_by_operation() {
+        let before = "# TYPE conclave_db_query_duration_seconds histogram\n\
+            conclave_db_query_duration_seconds_bucket{backend=\"sqlite\",op=\"append_update\",outcome=\"ok\",le=\"0.001\"} 3\n\
+            conclave_db_query_duration_seconds_sum{backend=\"sqlite\",op=\"append_update\",outcome=\"ok\"} 0.5\n\
+            conclave_db_query_duration_seconds_count{backend=\"sqlite\",op=\"append_update\",outcome=\"ok\"} 10\n\
+            conclave_db_query_duration_seconds_sum{backend=\"sqlite\",op=\"load_document\",outcome=\"ok\"} 0.25\n\
+            conclave_db_query_duration_seconds_count{backend=\"sqlite\",op=\"load_document\",outcome=\"ok\"} 2\n";
+        let after = format!(
+            "{before}conclave_db_query_duration_seconds_sum{{backend=\"sqlite\",op=\"append_update\",outcome=\"error\"}} 2.5\n\
+             conclave_db_query_duration_seconds_count{{backend=\"sqlite\",op=\"append_update\",outcome=\"error\"}} 40\n"
+        );
+        let before = parse_db_operations(before);
+        assert_eq!(before.len(), 2);
+        assert_eq!(before[0].op, "append_update");
+        assert_eq!(before[0].count, 10);
+        assert!((before[0].mean_ms() - 50.0).abs() < 1e-9);
+        let between = db_operations_between(&before, &parse_db_operations(&after));
+        assert_eq!(between.len(), 1, "load_document did not run: {between:?}");
+        assert_eq!(between[0].count, 40);
+        assert!((between[0].total_secs - 2.5).abs() < 1e-9);
     }
 
     #[test]

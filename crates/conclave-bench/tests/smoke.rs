@@ -7,6 +7,7 @@ use std::time::Duration;
 use conclave_bench::scenarios::catchup::{self, CatchupOptions};
 use conclave_bench::scenarios::connections::{self, ConnectionsOptions};
 use conclave_bench::scenarios::direct::{self, DirectOptions};
+use conclave_bench::scenarios::docs::{self, DocsOptions};
 use conclave_bench::scenarios::group::{self, GroupOptions};
 use conclave_bench::scenarios::traffic::{Pacing, Traffic};
 use conclave_bench::{Outcome, Progress, Report, Target, Transport};
@@ -345,6 +346,94 @@ async fn group_smoke() {
         .expect("group --max runs");
     assert_passed(&fastest);
     assert_all_delivered(&fastest.traffic, 4);
+
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_are_edited_without_loss() {
+    let _alone = ONE_SERVER_AT_A_TIME.lock().await;
+    tokio::time::timeout(SMOKE_TIMEOUT, docs_smoke())
+        .await
+        .expect("the docs run finishes in time");
+}
+
+async fn docs_smoke() {
+    let server = TestServer::start().await;
+    let target = &server.target;
+    let quiet = Progress::hidden();
+
+    // 2 documents x 3 clients, 20 updates/s each for 1 s: 120 updates,
+    // each relayed to the 2 other clients of its document.
+    let paced = DocsOptions {
+        docs: 2,
+        clients_per_doc: 3,
+        rate: Some(20.0),
+        max: false,
+        duration_secs: 1,
+        chunk_bytes: 24,
+        window: 4,
+        drain_secs: 5,
+        connect_concurrency: 4,
+        source_ips: 2,
+    };
+    let edited = docs::run(target, &paced, &quiet).await.expect("docs runs");
+    assert_passed(&edited);
+    assert_eq!(edited.clients, 6);
+    assert_eq!(edited.sent, 120);
+    assert_eq!(edited.deliveries, 240);
+    let verified = &edited.verification;
+    assert_eq!(verified.docs_checked, 2);
+    assert_eq!(
+        (verified.texts_differ, verified.server_copy_differs),
+        (0, 0)
+    );
+    assert_eq!(verified.text.expected, 120);
+    assert_eq!(verified.text.found, 120);
+    assert_eq!(verified.expected_deliveries, 240);
+    assert_eq!(edited.delivery_latency.count, 240);
+    assert!(
+        edited.delivery_latency.p50_ms > 0.0
+            && edited.delivery_latency.p50_ms <= edited.delivery_latency.max_ms,
+        "{:?}",
+        edited.delivery_latency
+    );
+    assert!(edited.updates_per_sec > 10.0, "{edited:?}");
+    assert!(edited.deliveries_per_sec > 20.0, "{edited:?}");
+    assert_eq!(edited.timelines.sent.total(), 120);
+    assert_eq!(edited.timelines.delivered.total(), 240);
+    assert_eq!(edited.source_ips, ["127.0.0.2", "127.0.0.3"]);
+    // Each text holds the 60 chunks of its document, 24 bytes each.
+    assert!((edited.memory.text_bytes_per_doc - 60.0 * 24.0).abs() < 1e-9);
+    assert!(edited.memory.server_docs_loaded.rss_bytes.is_some());
+    // Every update was appended to the document's log before it was relayed.
+    let appends = edited
+        .db_operations
+        .iter()
+        .find(|op| op.op == "append_update")
+        .map_or(0, |op| op.count);
+    assert!(appends >= 120, "{:?}", edited.db_operations);
+
+    let json = write_report(target, &edited, serde_json::json!({"docs": 2}));
+    assert_eq!(json["results"]["sent"], 120);
+    assert_eq!(json["results"]["verification"]["missing_deliveries"], 0);
+
+    // As fast as the server relays, for a second, one document of two.
+    let flat_out = DocsOptions {
+        docs: 1,
+        clients_per_doc: 2,
+        rate: None,
+        max: true,
+        source_ips: 0,
+        ..paced
+    };
+    let fastest = docs::run(target, &flat_out, &quiet)
+        .await
+        .expect("docs --max runs");
+    assert_passed(&fastest);
+    assert!(fastest.sent > 0, "{fastest:?}");
+    assert_eq!(fastest.deliveries, fastest.sent);
+    assert_eq!(fastest.verification.text.found, fastest.sent);
 
     server.stop().await;
 }

@@ -1,11 +1,12 @@
 //! The scenarios. Each has an options struct (its command-line flags), a
 //! `run` function and a result that is an [`crate::Outcome`];
 //! [`traffic`] is the paced sending, receiving and checking that `direct`
-//! and `group` share.
+//! and `group` share; `docs` speaks y-websocket itself.
 
 pub mod catchup;
 pub mod connections;
 pub mod direct;
+pub mod docs;
 pub mod group;
 pub mod traffic;
 
