@@ -70,7 +70,7 @@ async fn token(ctx: RpcContext, req: DocToken) -> Result<DocTokenGrant, ApiError
 
 async fn version_create(ctx: RpcContext, req: DocVersionCreate) -> Result<VersionView, ApiError> {
     let caller = ctx.caller()?;
-    let document = openable(&ctx.state, &req.name, caller.user_id).await?;
+    let (document, _) = openable(&ctx.state, &req.name, caller.user_id).await?;
     let label = req.label.trim();
     if label.is_empty() || label.chars().count() > VERSION_LABEL_MAX_CHARS {
         return Err(ApiError::bad_request(format!(
@@ -84,7 +84,7 @@ async fn version_create(ctx: RpcContext, req: DocVersionCreate) -> Result<Versio
 
 async fn version_list(ctx: RpcContext, req: DocVersionList) -> Result<VersionList, ApiError> {
     let caller = ctx.caller()?;
-    let document = openable(&ctx.state, &req.name, caller.user_id).await?;
+    let (document, _) = openable(&ctx.state, &req.name, caller.user_id).await?;
     let versions = ctx.state.storage.documents().versions(document.id).await?;
     Ok(VersionList {
         versions: versions.into_iter().map(version_view).collect(),
@@ -93,7 +93,7 @@ async fn version_list(ctx: RpcContext, req: DocVersionList) -> Result<VersionLis
 
 async fn version_get(ctx: RpcContext, req: DocVersionGet) -> Result<VersionContent, ApiError> {
     let caller = ctx.caller()?;
-    let document = openable(&ctx.state, &req.name, caller.user_id).await?;
+    let (document, _) = openable(&ctx.state, &req.name, caller.user_id).await?;
     let (record, state) = saved(&ctx.state, &document, req.version).await?;
     Ok(VersionContent {
         version: version_view(record),
@@ -106,8 +106,8 @@ async fn version_restore(
     req: DocVersionRestore,
 ) -> Result<VersionRestored, ApiError> {
     let caller = ctx.caller()?;
-    let document = openable(&ctx.state, &req.name, caller.user_id).await?;
-    if document_access(&ctx.state, &document, caller.user_id).await? != Access::ReadWrite {
+    let (document, access) = openable(&ctx.state, &req.name, caller.user_id).await?;
+    if access != Access::ReadWrite {
         return Err(ApiError::new(
             ErrorCode::Forbidden,
             "you may read this document but not edit it, so not restore it",
@@ -199,12 +199,17 @@ fn restorer_client_id() -> Result<u64, ApiError> {
     Ok(u64::from_le_bytes(bytes) % ((1 << 53) - 1) + 1)
 }
 
-/// The document named `name` if the user may open it.
-async fn openable(state: &AppState, name: &str, user: UserId) -> Result<DocumentRecord, ApiError> {
+/// The document named `name` if the user may open it, and what they may
+/// do to it.
+async fn openable(
+    state: &AppState,
+    name: &str,
+    user: UserId,
+) -> Result<(DocumentRecord, Access), ApiError> {
     check_name(name)?;
     let document = find(state, name).await?;
-    may_open_document(state, &document, user).await?;
-    Ok(document)
+    let access = document_access(state, &document, user).await?;
+    Ok((document, access))
 }
 
 fn version_view(record: VersionRecord) -> VersionView {

@@ -164,20 +164,12 @@ pub(crate) async fn authorize(
                     "the document token is not valid",
                 ),
             })?;
-    let unavailable = |err: conclave_storage::StorageError| {
-        tracing::warn!(error = %err, "looking up a document failed");
-        CloseCause::new(
-            close::INTERNAL,
-            ErrorCode::Unavailable,
-            "the database is unavailable; reconnect",
-        )
-    };
     let document = state
         .storage
         .documents()
         .document(claims.document_id)
         .await
-        .map_err(unavailable)?
+        .map_err(lookup_failed)?
         .filter(|document| document.name == name)
         .ok_or_else(forbidden)?;
     // The token may be older than a change of membership or of the
@@ -232,10 +224,7 @@ pub(crate) async fn authorize_any(
         .documents()
         .document_by_name(name)
         .await
-        .map_err(|err| {
-            tracing::warn!(error = %err, "looking up a document failed");
-            CloseCause::new(close::INTERNAL, ErrorCode::Unavailable, "reconnect")
-        })?
+        .map_err(lookup_failed)?
         .ok_or_else(|| {
             CloseCause::new(
                 close::FORBIDDEN,
@@ -245,6 +234,15 @@ pub(crate) async fn authorize_any(
         })?;
     let access = access_now(state, &document, caller.user_id).await?;
     Ok((document, access))
+}
+
+fn lookup_failed(err: conclave_storage::StorageError) -> CloseCause {
+    tracing::warn!(error = %err, "looking up a document failed");
+    CloseCause::new(
+        close::INTERNAL,
+        ErrorCode::Unavailable,
+        "the database is unavailable; reconnect",
+    )
 }
 
 pub(crate) fn too_big(max: usize) -> CloseCause {

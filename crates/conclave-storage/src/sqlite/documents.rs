@@ -11,6 +11,21 @@ use crate::{DocumentRecord, DocumentStore, StorageError, StoredDocument, Version
 
 const DOCUMENT_COLUMNS: &str = "id, name, owner_id, channel_id, created_at";
 
+/// [`StorageError::NotFound`] unless the document exists.
+async fn require_document(
+    conn: &mut sqlx::SqliteConnection,
+    document: DocumentId,
+) -> Result<(), StorageError> {
+    let exists: Option<(i64,)> = sqlx::query_as("SELECT id FROM documents WHERE id = ?")
+        .bind(sql_id(document.get()))
+        .fetch_optional(conn)
+        .await?;
+    match exists {
+        Some(_) => Ok(()),
+        None => Err(StorageError::NotFound(format!("no document {document}"))),
+    }
+}
+
 type DocumentRow = (i64, String, i64, Option<i64>, i64);
 
 /// A version without its state; `length(state)` reads the size from the
@@ -151,13 +166,7 @@ impl DocumentStore for SqliteStorage {
             // One read transaction: a compaction cannot slip in between the
             // snapshot and the updates.
             let mut tx = self.pool.begin().await?;
-            let exists: Option<(i64,)> = sqlx::query_as("SELECT id FROM documents WHERE id = ?")
-                .bind(sql_id(document.get()))
-                .fetch_optional(&mut *tx)
-                .await?;
-            if exists.is_none() {
-                return Err(StorageError::NotFound(format!("no document {document}")));
-            }
+            require_document(&mut tx, document).await?;
             let snapshot: Option<(Vec<u8>, i64)> = sqlx::query_as(
                 "SELECT state, up_to_seq FROM document_snapshots WHERE document_id = ?",
             )
@@ -289,13 +298,7 @@ impl DocumentStore for SqliteStorage {
     async fn versions(&self, document: DocumentId) -> Result<Vec<VersionRecord>, StorageError> {
         timed(BACKEND, "document_versions", async {
             let mut tx = self.pool.begin().await?;
-            let exists: Option<(i64,)> = sqlx::query_as("SELECT id FROM documents WHERE id = ?")
-                .bind(sql_id(document.get()))
-                .fetch_optional(&mut *tx)
-                .await?;
-            if exists.is_none() {
-                return Err(StorageError::NotFound(format!("no document {document}")));
-            }
+            require_document(&mut tx, document).await?;
             let rows: Vec<VersionRow> = sqlx::query_as(&format!(
                 "SELECT {VERSION_COLUMNS} FROM document_versions WHERE document_id = ? \
                  ORDER BY version DESC"
@@ -316,13 +319,7 @@ impl DocumentStore for SqliteStorage {
     ) -> Result<Option<(VersionRecord, Vec<u8>)>, StorageError> {
         timed(BACKEND, "document_version_state", async {
             let mut tx = self.pool.begin().await?;
-            let exists: Option<(i64,)> = sqlx::query_as("SELECT id FROM documents WHERE id = ?")
-                .bind(sql_id(document.get()))
-                .fetch_optional(&mut *tx)
-                .await?;
-            if exists.is_none() {
-                return Err(StorageError::NotFound(format!("no document {document}")));
-            }
+            require_document(&mut tx, document).await?;
             let row: Option<(i64, i64, String, i64, i64, i64, i64, Vec<u8>)> =
                 sqlx::query_as(&format!(
                     "SELECT {VERSION_COLUMNS}, state FROM document_versions \
