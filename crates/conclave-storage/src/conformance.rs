@@ -882,6 +882,102 @@ pub async fn compaction_replaces_a_prefix_of_the_log(storage: Arc<dyn Storage>) 
     assert_eq!(loaded.head_seq(), 6);
 }
 
+pub async fn mixed_writes_commit_together_and_refusals_stay_alone(storage: Arc<dyn Storage>) {
+    let (a, b) = (user(&storage, "ann").await, user(&storage, "ben").await);
+    let channel = storage
+        .messages()
+        .direct_channel(a, b, 5)
+        .await
+        .unwrap()
+        .0
+        .id;
+    let doc = storage
+        .documents()
+        .create_document("d", a, None, 1)
+        .await
+        .unwrap();
+    let missing = conclave_core::DocumentId::new(doc.id.get() + 1000);
+    // Sends, updates to a document and updates to a missing one, all at
+    // once, so backends that commit in groups mix them in one group.
+    let mut tasks = Vec::new();
+    for i in 0..90u32 {
+        let storage = storage.clone();
+        tasks.push(tokio::spawn(async move {
+            match i % 3 {
+                0 => {
+                    let id = format!("m{i}");
+                    let body = format!("text {i}");
+                    let sent = storage
+                        .messages()
+                        .send_message(text(channel, a, &id, &body))
+                        .await;
+                    match sent {
+                        Ok(SendOutcome::Sent(event)) => (i, Some(event), None),
+                        other => panic!("send {i}: {other:?}"),
+                    }
+                }
+                1 => {
+                    let seq = storage
+                        .documents()
+                        .append_update(doc.id, &[i as u8], 2)
+                        .await
+                        .unwrap();
+                    (i, None, Some(seq))
+                }
+                _ => {
+                    let refused = storage.documents().append_update(missing, &[0], 2).await;
+                    assert!(
+                        matches!(refused, Err(StorageError::NotFound(_))),
+                        "{refused:?}"
+                    );
+                    (i, None, None)
+                }
+            }
+        }));
+    }
+    let mut events = Vec::new();
+    let mut seqs = Vec::new();
+    for task in tasks {
+        let (i, event, seq) = task.await.unwrap();
+        if let Some(event) = event {
+            events.push((i, event));
+        }
+        seqs.extend(seq);
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=30).collect::<Vec<u64>>(), "updates: no holes");
+    let mut pts: Vec<u64> = events.iter().map(|(_, e)| e.pts).collect();
+    pts.sort_unstable();
+    assert_eq!(pts, (1..=30).collect::<Vec<u64>>(), "messages: no holes");
+    // What a send answers is what was stored, and what sync serves.
+    let (log, head) = storage
+        .messages()
+        .events_after(channel, 0, 100)
+        .await
+        .unwrap();
+    assert_eq!(head, 30);
+    for (i, event) in &events {
+        let message = event
+            .message
+            .as_ref()
+            .expect("a message event has its message");
+        assert_eq!(
+            message.content.as_deref(),
+            Some(format!("text {i}").as_str())
+        );
+        assert_eq!(message.pts, event.pts);
+        let stored = storage.messages().message(message.id).await.unwrap();
+        assert_eq!(stored.as_ref(), Some(message));
+        let logged = log.iter().find(|e| e.pts == event.pts).unwrap();
+        assert_eq!(logged.message.as_ref(), Some(message));
+        assert_eq!(logged.kind, "message");
+    }
+    let channel = storage.messages().channel(channel).await.unwrap().unwrap();
+    assert_eq!((channel.pts, channel.last_message_pts), (30, 30));
+    let loaded = storage.documents().load(doc.id).await.unwrap();
+    assert_eq!(loaded.updates.len(), 30);
+}
+
 pub async fn concurrent_document_appends_lose_nothing(storage: Arc<dyn Storage>) {
     let owner = user(&storage, "ann").await;
     let doc = storage
@@ -2195,6 +2291,7 @@ macro_rules! conformance_tests {
             document_updates_get_contiguous_seqs_and_load_in_order,
             compaction_replaces_a_prefix_of_the_log,
             concurrent_document_appends_lose_nothing,
+            mixed_writes_commit_together_and_refusals_stay_alone,
             document_versions_are_numbered_listed_and_read_back,
             document_version_refusals_change_nothing,
             concurrent_document_versions_get_distinct_numbers,

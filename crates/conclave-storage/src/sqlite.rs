@@ -8,6 +8,7 @@ mod groups;
 mod inbox;
 mod messaging;
 mod social;
+mod write_thread;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -54,9 +55,9 @@ pub struct SqliteStorage {
     /// Whether someone took the commit stream; until then nothing is sent,
     /// so tools that only migrate or read never fill it up.
     commit_consumer: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    /// Message sends go to the group-commit writer through this queue;
-    /// `None` once closed.
-    sends: std::sync::Mutex<Option<tokio::sync::mpsc::Sender<group_commit::SendRequest>>>,
+    /// Message sends and document updates go to the group-commit writer
+    /// through this queue; `None` once closed.
+    writes: std::sync::Mutex<Option<tokio::sync::mpsc::Sender<group_commit::WriteRequest>>>,
     writer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -102,6 +103,7 @@ impl SqliteStorage {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_millis(options.busy_timeout_ms));
+        let path = connect.get_filename().to_owned();
         let pool = SqlitePoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(Duration::from_millis(options.acquire_timeout_ms))
@@ -111,10 +113,12 @@ impl SqliteStorage {
         let (commit_tx, commit_rx) = tokio::sync::mpsc::channel(COMMIT_STREAM_CAPACITY);
         let write_lock = std::sync::Arc::new(tokio::sync::Mutex::new(()));
         let commit_consumer = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (sends, requests) = tokio::sync::mpsc::channel(group_commit::QUEUE_CAPACITY);
+        let thread =
+            write_thread::WriteThread::open(&path, Duration::from_millis(options.busy_timeout_ms))?;
+        let (writes, requests) = tokio::sync::mpsc::channel(group_commit::QUEUE_CAPACITY);
         let writer = tokio::spawn(group_commit::run(
             group_commit::Writer {
-                pool: pool.clone(),
+                thread,
                 write_lock: write_lock.clone(),
                 commit_tx: commit_tx.clone(),
                 commit_consumer: commit_consumer.clone(),
@@ -127,9 +131,30 @@ impl SqliteStorage {
             commit_tx,
             commit_rx: std::sync::Mutex::new(Some(commit_rx)),
             commit_consumer,
-            sends: std::sync::Mutex::new(Some(sends)),
+            writes: std::sync::Mutex::new(Some(writes)),
             writer: std::sync::Mutex::new(Some(writer)),
         })
+    }
+
+    /// A write transaction that takes SQLite's write lock at once (`BEGIN
+    /// IMMEDIATE`), for use under [`Self::write_lock`]. A deferred one that
+    /// reads first would have to upgrade later, and SQLite refuses an
+    /// upgrade at once (no busy wait) while another connection still holds
+    /// the lock, as a dropped transaction's connection does until its
+    /// rollback has run.
+    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await
+    }
+
+    /// Hands `request` to the group-commit writer.
+    async fn queue_write(&self, request: group_commit::WriteRequest) -> Result<(), StorageError> {
+        let queue = self
+            .writes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let queue = queue.ok_or(StorageError::Closed)?;
+        queue.send(request).await.map_err(|_| StorageError::Closed)
     }
 
     fn take_commits(&self) -> Option<tokio::sync::mpsc::Receiver<crate::Committed>> {
@@ -215,8 +240,8 @@ impl Storage for SqliteStorage {
     }
 
     async fn close(&self) {
-        // Stop taking sends, and let the writer finish the ones it has.
-        drop(self.sends.lock().unwrap_or_else(|e| e.into_inner()).take());
+        // Stop taking writes, and let the writer finish the ones it has.
+        drop(self.writes.lock().unwrap_or_else(|e| e.into_inner()).take());
         let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(writer) = writer {
             let _ = writer.await;

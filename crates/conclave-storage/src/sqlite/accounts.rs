@@ -78,7 +78,7 @@ impl AccountStore for SqliteStorage {
     async fn create_user(&self, user: NewUser<'_>) -> Result<UserRecord, StorageError> {
         timed(BACKEND, "create_user", async {
             let _writer = self.write_lock.lock().await;
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.write_tx().await?;
             let row: UserRow = sqlx::query_as(&format!(
                 "INSERT INTO users (username, username_key, password_hash, display_name, bio, created_at, updated_at) \
                  VALUES (?, ?, ?, ?, '', ?, ?) RETURNING {USER_COLUMNS}"
@@ -171,7 +171,7 @@ impl AccountStore for SqliteStorage {
     async fn login_device(&self, login: DeviceLogin<'_>) -> Result<DeviceRecord, StorageError> {
         timed(BACKEND, "login_device", async {
             let _writer = self.write_lock.lock().await;
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.write_tx().await?;
             if let Some(existing) = login.existing {
                 let renewed: Option<DeviceRow> = sqlx::query_as(&format!(
                     "UPDATE devices SET name = ?, noise_public_key = COALESCE(?, noise_public_key), \
@@ -283,7 +283,7 @@ impl AccountStore for SqliteStorage {
     ) -> Result<Vec<DeviceId>, StorageError> {
         timed(BACKEND, "end_device_sessions", async {
             let _writer = self.write_lock.lock().await;
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.write_tx().await?;
             let mut ended = Vec::new();
             for device in devices {
                 let row: Option<(i64,)> = sqlx::query_as(

@@ -133,30 +133,19 @@ impl DocumentStore for SqliteStorage {
         now_ms: i64,
     ) -> Result<u64, StorageError> {
         timed(BACKEND, "append_update", async {
-            let _writer = self.write_lock.lock().await;
-            let mut tx = self.pool.begin().await?;
-            // The sequence comes from the document row in the same
-            // transaction, so it survives compaction and never repeats.
-            let next: Option<(i64,)> = sqlx::query_as(
-                "UPDATE documents SET head_seq = head_seq + 1 WHERE id = ? RETURNING head_seq",
-            )
-            .bind(sql_id(document.get()))
-            .fetch_optional(&mut *tx)
+            // Updates are committed in groups with message sends: many
+            // writes, one transaction and one fsync (see `group_commit`).
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            self.queue_write(super::group_commit::WriteRequest::Append {
+                update: super::group_commit::OwnedUpdate {
+                    document,
+                    bytes: update.to_vec(),
+                    now_ms,
+                },
+                reply,
+            })
             .await?;
-            let (head,) =
-                next.ok_or_else(|| StorageError::NotFound(format!("no document {document}")))?;
-            sqlx::query(
-                "INSERT INTO document_updates (document_id, seq, bytes, created_at) VALUES (?, ?, ?, ?)",
-            )
-            .bind(sql_id(document.get()))
-            .bind(head)
-            .bind(update)
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?;
-            // synchronous=FULL: the commit is on disk when it returns.
-            tx.commit().await?;
-            Ok(seq(head))
+            answer.await.map_err(|_| StorageError::Closed)?
         })
         .await
     }
@@ -203,7 +192,7 @@ impl DocumentStore for SqliteStorage {
     ) -> Result<bool, StorageError> {
         timed(BACKEND, "compact_document", async {
             let _writer = self.write_lock.lock().await;
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.write_tx().await?;
             let head: Option<(i64,)> = sqlx::query_as("SELECT head_seq FROM documents WHERE id = ?")
                 .bind(sql_id(document.get()))
                 .fetch_optional(&mut *tx)
@@ -257,7 +246,7 @@ impl DocumentStore for SqliteStorage {
         timed(BACKEND, "create_version", async {
             check_version_name(name)?;
             let _writer = self.write_lock.lock().await;
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.write_tx().await?;
             // The number comes from the document row, like update
             // sequences: a refused version rolls it back, and it is never
             // reused.

@@ -139,7 +139,7 @@ impl FileStore for SqliteStorage {
     async fn create_upload(&self, upload: NewUpload<'_>) -> Result<FileRecord, StorageError> {
         timed(BACKEND, "create_upload", async {
             let _writer = self.write_lock.lock().await;
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.write_tx().await?;
             // Under the writer lock, so no other upload can slip in between
             // the sum and the insert.
             let (used,): (i64,) = sqlx::query_as(
@@ -226,7 +226,7 @@ impl FileStore for SqliteStorage {
     ) -> Result<ChunkOutcome, StorageError> {
         timed(BACKEND, "commit_chunk", async {
             let _writer = self.write_lock.lock().await;
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.write_tx().await?;
             let row: Option<(i64, i64, i64, Option<i64>)> = sqlx::query_as(
                 "SELECT f.size, t.received, t.expires_at, t.used_at FROM files f \
                  JOIN upload_tokens t ON t.file_id = f.id WHERE f.id = ? AND f.status = 'pending'",
@@ -301,7 +301,7 @@ impl FileStore for SqliteStorage {
     ) -> Result<bool, StorageError> {
         timed(BACKEND, "complete_file", async {
             let _writer = self.write_lock.lock().await;
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.write_tx().await?;
             let row: Option<(String, i64, Option<i64>)> = sqlx::query_as(
                 "SELECT f.status, f.size, t.received FROM files f \
                  LEFT JOIN upload_tokens t ON t.file_id = f.id WHERE f.id = ?",
@@ -349,7 +349,7 @@ impl FileStore for SqliteStorage {
     async fn delete_upload(&self, file: FileId) -> Result<bool, StorageError> {
         timed(BACKEND, "delete_upload", async {
             let _writer = self.write_lock.lock().await;
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.write_tx().await?;
             let pending: Option<(i64,)> =
                 sqlx::query_as("SELECT id FROM files WHERE id = ? AND status = 'pending'")
                     .bind(sql_id(file.get()))
@@ -436,7 +436,7 @@ impl FileStore for SqliteStorage {
     ) -> Result<FileRecord, StorageError> {
         timed(BACKEND, "record_image", async {
             let _writer = self.write_lock.lock().await;
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.write_tx().await?;
             let row = sqlx::query(&format!(
                 "SELECT {FILE_COLUMNS} FROM files f WHERE f.id = ?"
             ))

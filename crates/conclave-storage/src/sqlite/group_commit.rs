@@ -1,34 +1,55 @@
-//! Group commit for message sends.
+//! Group commit for message sends and document updates.
 //!
 //! With `synchronous=FULL` every SQLite commit waits for an fsync, which
-//! would cap sends at the disk's fsync rate. Instead one writer task takes
-//! every send waiting in its queue (up to [`BATCH_MAX`]), stores them in one
-//! transaction, each inside its own savepoint so a refused send does not
-//! spoil its neighbours, commits once, hands the committed events to the
-//! commit stream in order, and only then answers each sender: an answer
-//! still means "durably committed".
+//! would cap writes at the disk's fsync rate. Instead one writer task takes
+//! every write waiting in its queue (up to [`BATCH_MAX`]), stores them in
+//! one transaction on the write thread, each inside its own savepoint so a
+//! refused write does not spoil its neighbours, commits once, hands the
+//! committed events to the commit stream in order, and only then answers
+//! each writer: an answer still means "durably committed".
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use conclave_core::{ChannelId, DeviceId, MessageId, UserId};
-use sqlx::SqlitePool;
+use conclave_core::{ChannelId, DeviceId, DocumentId, MessageId, UserId};
+use rusqlite::{Connection, OptionalExtension as _, params};
 use tokio::sync::{mpsc, oneshot};
 
-use super::messaging::{Tx, insert_message, recipients};
-use crate::{Committed, NewMessage, SendOutcome, StorageError};
+use super::messaging::{
+    APPEND_EVENT_SQL, BUMP_CHANNEL_SQL, INSERT_FTS_SQL, INSERT_MESSAGE_SQL, MESSAGE_COLUMNS,
+};
+use super::sql_id;
+use super::write_thread::{WriteThread, database};
+use crate::{
+    Audience, Committed, EventRecord, MessageRecord, NewMessage, SendOutcome, StorageError,
+};
 
-/// Sends waiting for the writer. When it is full, senders wait
+/// Writes waiting for the writer. When it is full, writers wait
 /// (backpressure); nothing is dropped.
 pub(super) const QUEUE_CAPACITY: usize = 4096;
 
-/// Most sends in one transaction: enough to amortize the fsync, few enough
-/// that the first sender of a batch does not wait long for the last.
+/// Most writes in one transaction: enough to amortize the fsync, few
+/// enough that the first writer of a batch does not wait long for the last.
 const BATCH_MAX: usize = 256;
 
-pub(super) struct SendRequest {
-    pub message: OwnedMessage,
-    pub reply: oneshot::Sender<Result<SendOutcome, StorageError>>,
+/// One write for the group-commit writer.
+pub(super) enum WriteRequest {
+    Send {
+        message: OwnedMessage,
+        reply: oneshot::Sender<Result<SendOutcome, StorageError>>,
+    },
+    /// A document update; answered with its sequence number.
+    Append {
+        update: OwnedUpdate,
+        reply: oneshot::Sender<Result<u64, StorageError>>,
+    },
+}
+
+/// A document update that can cross to the write thread.
+pub(super) struct OwnedUpdate {
+    pub document: DocumentId,
+    pub bytes: Vec<u8>,
+    pub now_ms: i64,
 }
 
 /// A [`NewMessage`] that can cross to the writer task.
@@ -62,33 +83,16 @@ impl From<&NewMessage<'_>> for OwnedMessage {
     }
 }
 
-impl OwnedMessage {
-    fn borrowed(&self) -> NewMessage<'_> {
-        NewMessage {
-            channel_id: self.channel_id,
-            sender_id: self.sender_id,
-            sender_device_id: self.sender_device_id,
-            client_msg_id: &self.client_msg_id,
-            content: &self.content,
-            search_text: self.search_text.as_deref(),
-            reply_to: self.reply_to,
-            mentions: &self.mentions,
-            now_ms: self.now_ms,
-            origin_session: self.origin_session,
-        }
-    }
-}
-
 pub(super) struct Writer {
-    pub pool: SqlitePool,
+    pub thread: WriteThread,
     pub write_lock: Arc<tokio::sync::Mutex<()>>,
     pub commit_tx: mpsc::Sender<Committed>,
     pub commit_consumer: Arc<AtomicBool>,
 }
 
-/// Runs until every sender is gone (the storage closed), finishing the
-/// sends already queued.
-pub(super) async fn run(writer: Writer, mut requests: mpsc::Receiver<SendRequest>) {
+/// Runs until every writer is gone (the storage closed), finishing the
+/// writes already queued.
+pub(super) async fn run(writer: Writer, mut requests: mpsc::Receiver<WriteRequest>) {
     let mut batch = Vec::with_capacity(BATCH_MAX);
     while let Some(first) = requests.recv().await {
         batch.push(first);
@@ -102,82 +106,337 @@ pub(super) async fn run(writer: Writer, mut requests: mpsc::Receiver<SendRequest
     }
 }
 
+/// What the write thread is given: the batch without its reply channels.
+enum Work {
+    Send(OwnedMessage),
+    Append(OwnedUpdate),
+}
+
+/// Who waits for each piece of [`Work`].
+enum Waiter {
+    Send {
+        reply: oneshot::Sender<Result<SendOutcome, StorageError>>,
+        origin_session: Option<u64>,
+    },
+    Append(oneshot::Sender<Result<u64, StorageError>>),
+}
+
 /// One stored send: its outcome and, for a new message, who hears of it.
 type Stored = Result<(SendOutcome, Option<Vec<UserId>>), StorageError>;
 
+// Outcomes live for one batch, side by side in one vector; boxing the
+// larger kind would cost an allocation per send instead.
+#[allow(clippy::large_enum_variant)]
+enum Outcome {
+    Send(Stored),
+    Append(Result<u64, StorageError>),
+}
+
 impl Writer {
-    async fn commit(&self, batch: &mut Vec<SendRequest>) {
+    async fn commit(&self, batch: &mut Vec<WriteRequest>) {
         // Held through the publishing below, so the commit stream sees
         // events in commit order.
         let _writer = self.write_lock.lock().await;
-        crate::metrics::observe_send_batch(batch.len());
-        let stored = crate::metrics::timed(super::BACKEND, "send_batch", self.store(batch)).await;
+        let mut work = Vec::with_capacity(batch.len());
+        let mut waiters = Vec::with_capacity(batch.len());
+        let mut sends = 0;
+        for request in batch.drain(..) {
+            match request {
+                WriteRequest::Send { message, reply } => {
+                    sends += 1;
+                    waiters.push(Waiter::Send {
+                        reply,
+                        origin_session: message.origin_session,
+                    });
+                    work.push(Work::Send(message));
+                }
+                WriteRequest::Append { update, reply } => {
+                    waiters.push(Waiter::Append(reply));
+                    work.push(Work::Append(update));
+                }
+            }
+        }
+        if sends > 0 {
+            crate::metrics::observe_send_batch(sends);
+        }
+        let stored = crate::metrics::timed(
+            super::BACKEND,
+            "write_batch",
+            self.thread.run(move |connection| store(connection, &work)),
+        )
+        .await
+        .and_then(|stored| stored);
         match stored {
             Ok(outcomes) => {
-                for (request, outcome) in batch.drain(..).zip(outcomes) {
-                    let answer = match outcome {
-                        Ok((outcome, recipients)) => {
-                            if let (SendOutcome::Sent(event), Some(recipients)) =
-                                (&outcome, recipients)
-                            {
-                                let committed = Committed {
-                                    event: event.clone(),
-                                    recipients,
-                                    origin_session: request.message.origin_session,
-                                };
-                                super::publish(&self.commit_tx, &self.commit_consumer, committed)
-                                    .await;
-                            }
-                            Ok(outcome)
-                        }
-                        Err(err) => Err(err),
-                    };
-                    // The sender may have given up waiting; the message is
-                    // stored either way and a retry will find it.
-                    let _ = request.reply.send(answer);
+                for (waiter, outcome) in waiters.into_iter().zip(outcomes) {
+                    self.answer(waiter, outcome).await;
                 }
             }
             Err(err) => {
-                tracing::warn!(error = %err, sends = batch.len(), "a group of sends failed to commit");
+                tracing::warn!(error = %err, writes = waiters.len(), "a group of writes failed to commit");
                 let reason = err.to_string();
-                for request in batch.drain(..) {
-                    let _ = request
-                        .reply
-                        .send(Err(StorageError::Database(reason.clone())));
+                for waiter in waiters {
+                    let failed = || StorageError::Database(reason.clone());
+                    // A writer may have given up waiting; nothing to do.
+                    let _ = match waiter {
+                        Waiter::Send { reply, .. } => reply.send(Err(failed())).is_ok(),
+                        Waiter::Append(reply) => reply.send(Err(failed())).is_ok(),
+                    };
                 }
             }
         }
     }
 
-    /// Stores the batch in one transaction and commits it.
-    async fn store(&self, batch: &[SendRequest]) -> Result<Vec<Stored>, StorageError> {
-        let mut tx = self.pool.begin().await?;
-        let mut outcomes = Vec::with_capacity(batch.len());
-        for request in batch {
-            outcomes.push(store_one(&mut tx, &request.message).await?);
+    async fn answer(&self, waiter: Waiter, outcome: Outcome) {
+        match (waiter, outcome) {
+            (
+                Waiter::Send {
+                    reply,
+                    origin_session,
+                },
+                Outcome::Send(stored),
+            ) => {
+                let answer = match stored {
+                    Ok((outcome, recipients)) => {
+                        if let (SendOutcome::Sent(event), Some(recipients)) = (&outcome, recipients)
+                        {
+                            let committed = Committed {
+                                event: event.clone(),
+                                recipients,
+                                origin_session,
+                            };
+                            super::publish(&self.commit_tx, &self.commit_consumer, committed).await;
+                        }
+                        Ok(outcome)
+                    }
+                    Err(err) => Err(err),
+                };
+                // The sender may have given up waiting; the message is
+                // stored either way and a retry will find it.
+                let _ = reply.send(answer);
+            }
+            (Waiter::Append(reply), Outcome::Append(appended)) => {
+                let _ = reply.send(appended);
+            }
+            // `store` answers each piece of work with its own kind.
+            (Waiter::Send { reply, .. }, Outcome::Append(_)) => {
+                let _ = reply.send(Err(StorageError::Database("mismatched write".into())));
+            }
+            (Waiter::Append(reply), Outcome::Send(_)) => {
+                let _ = reply.send(Err(StorageError::Database("mismatched write".into())));
+            }
         }
-        tx.commit().await?;
-        Ok(outcomes)
     }
 }
 
-/// Stores one send inside a savepoint. `Err` only when the transaction
-/// itself is broken; a refused send is an `Ok(Err(..))`.
-async fn store_one(tx: &mut Tx<'_>, message: &OwnedMessage) -> Result<Stored, StorageError> {
-    sqlx::query("SAVEPOINT send").execute(&mut **tx).await?;
-    match insert_message(tx, &message.borrowed()).await {
-        Ok(outcome) => {
-            let recipients = match &outcome {
-                SendOutcome::Sent(event) => Some(recipients(tx, event).await?),
-                SendOutcome::Duplicate(_) => None,
-            };
-            sqlx::query("RELEASE send").execute(&mut **tx).await?;
-            Ok(Ok((outcome, recipients)))
+/// Stores the batch in one transaction and commits it (on the write
+/// thread). `Err` only when the transaction itself failed.
+fn store(connection: &mut Connection, work: &[Work]) -> Result<Vec<Outcome>, StorageError> {
+    let mut tx = connection
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(database)?;
+    let mut outcomes = Vec::with_capacity(work.len());
+    for piece in work {
+        // Each write in its own savepoint: a refused one rolls back alone.
+        let mut savepoint = tx.savepoint().map_err(database)?;
+        let outcome = match piece {
+            Work::Send(message) => Outcome::Send(store_send(&savepoint, message)),
+            Work::Append(update) => Outcome::Append(store_update(&savepoint, update)),
+        };
+        let refused = matches!(&outcome, Outcome::Send(Err(_)) | Outcome::Append(Err(_)));
+        if refused {
+            savepoint.rollback().map_err(database)?;
         }
-        Err(err) => {
-            sqlx::query("ROLLBACK TO send").execute(&mut **tx).await?;
-            sqlx::query("RELEASE send").execute(&mut **tx).await?;
-            Ok(Err(err))
+        savepoint.commit().map_err(database)?;
+        outcomes.push(outcome);
+    }
+    tx.commit().map_err(database)?;
+    Ok(outcomes)
+}
+
+fn store_send(tx: &Connection, message: &OwnedMessage) -> Stored {
+    let outcome = insert_message(tx, message)?;
+    let recipients = match &outcome {
+        SendOutcome::Sent(event) => Some(recipients(tx, event.channel_id)?),
+        SendOutcome::Duplicate(_) => None,
+    };
+    Ok((outcome, recipients))
+}
+
+/// Stores one message and its event: the rusqlite twin of the pool's
+/// `messaging::insert_message` rules (a repeated `client_msg_id` returns
+/// the original; only members send; a reply stays in its channel).
+fn insert_message(tx: &Connection, message: &OwnedMessage) -> Result<SendOutcome, StorageError> {
+    let existing = tx
+        .prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages m \
+             WHERE m.sender_id = ? AND m.sender_device_id = ? AND m.client_msg_id = ?"
+        ))
+        .and_then(|mut statement| {
+            statement
+                .query_row(
+                    params![
+                        sql_id(message.sender_id.get()),
+                        sql_id(message.sender_device_id.get()),
+                        message.client_msg_id
+                    ],
+                    message_from,
+                )
+                .optional()
+        })
+        .map_err(database)?;
+    if let Some(found) = existing {
+        return Ok(SendOutcome::Duplicate(found));
+    }
+    let channel = sql_id(message.channel_id.get());
+    let member = tx
+        .prepare_cached("SELECT 1 FROM channel_members WHERE channel_id = ? AND user_id = ?")
+        .and_then(|mut statement| {
+            statement.exists(params![channel, sql_id(message.sender_id.get())])
+        })
+        .map_err(database)?;
+    if !member {
+        return Err(StorageError::NotFound(format!(
+            "no channel {} with this member",
+            message.channel_id
+        )));
+    }
+    if let Some(reply_to) = message.reply_to {
+        let same_channel = tx
+            .prepare_cached("SELECT 1 FROM messages WHERE id = ? AND channel_id = ?")
+            .and_then(|mut statement| statement.exists(params![sql_id(reply_to.get()), channel]))
+            .map_err(database)?;
+        if !same_channel {
+            return Err(StorageError::Invalid(format!(
+                "reply_to: no message {reply_to} in this channel"
+            )));
         }
     }
+    // The channel's next pts, taken by the message and its event alike.
+    let next: i64 = tx
+        .prepare_cached(BUMP_CHANNEL_SQL)
+        .and_then(|mut statement| {
+            statement.query_row(params![true, true, message.now_ms, channel], |row| {
+                row.get(0)
+            })
+        })
+        .map_err(database)?;
+    let id: i64 = tx
+        .prepare_cached(INSERT_MESSAGE_SQL)
+        .and_then(|mut statement| {
+            statement.query_row(
+                params![
+                    channel,
+                    next,
+                    sql_id(message.sender_id.get()),
+                    sql_id(message.sender_device_id.get()),
+                    message.client_msg_id,
+                    message.content,
+                    message.reply_to.map(|m| sql_id(m.get())),
+                    message.mentions,
+                    message.now_ms
+                ],
+                |row| row.get(0),
+            )
+        })
+        .map_err(database)?;
+    if let Some(text) = message.search_text.as_deref().filter(|t| !t.is_empty()) {
+        tx.prepare_cached(INSERT_FTS_SQL)
+            .and_then(|mut statement| statement.execute(params![id, text]))
+            .map_err(database)?;
+    }
+    tx.prepare_cached(APPEND_EVENT_SQL)
+        .and_then(|mut statement| {
+            statement.execute(params![
+                channel,
+                next,
+                "message",
+                id,
+                sql_id(message.sender_id.get()),
+                "members",
+                "{}",
+                message.now_ms
+            ])
+        })
+        .map_err(database)?;
+    let pts = u64::try_from(next).unwrap_or(0);
+    let stored = MessageRecord {
+        id: MessageId::new(id as u64),
+        channel_id: message.channel_id,
+        pts,
+        sender_id: message.sender_id,
+        sender_device_id: message.sender_device_id,
+        client_msg_id: message.client_msg_id.clone(),
+        content: Some(message.content.clone()),
+        reply_to: message.reply_to,
+        mentions: message.mentions.clone(),
+        created_at_ms: message.now_ms,
+        revoked_at_ms: None,
+        revoked_by: None,
+        pinned: false,
+    };
+    Ok(SendOutcome::Sent(EventRecord {
+        channel_id: message.channel_id,
+        pts,
+        kind: "message".to_owned(),
+        message_id: Some(stored.id),
+        actor_id: message.sender_id,
+        audience: Audience::Members,
+        body: "{}".to_owned(),
+        created_at_ms: message.now_ms,
+        message: Some(stored),
+    }))
+}
+
+fn recipients(tx: &Connection, channel: ChannelId) -> Result<Vec<UserId>, StorageError> {
+    let mut statement = tx
+        .prepare_cached("SELECT user_id FROM channel_members WHERE channel_id = ?")
+        .map_err(database)?;
+    let rows = statement
+        .query_map([sql_id(channel.get())], |row| row.get::<_, i64>(0))
+        .map_err(database)?;
+    rows.map(|id| id.map(|id| UserId::new(id as u64)).map_err(database))
+        .collect()
+}
+
+/// A message row selected with [`MESSAGE_COLUMNS`], in that order.
+fn message_from(row: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRecord> {
+    let id = |raw: i64| raw as u64;
+    Ok(MessageRecord {
+        id: MessageId::new(id(row.get(0)?)),
+        channel_id: ChannelId::new(id(row.get(1)?)),
+        pts: u64::try_from(row.get::<_, i64>(2)?).unwrap_or(0),
+        sender_id: UserId::new(id(row.get(3)?)),
+        sender_device_id: DeviceId::new(id(row.get(4)?)),
+        client_msg_id: row.get(5)?,
+        content: row.get(6)?,
+        reply_to: row.get::<_, Option<i64>>(7)?.map(|m| MessageId::new(id(m))),
+        mentions: row.get(8)?,
+        created_at_ms: row.get(9)?,
+        revoked_at_ms: row.get(10)?,
+        revoked_by: row.get::<_, Option<i64>>(11)?.map(|u| UserId::new(id(u))),
+        pinned: row.get::<_, i64>(12)? != 0,
+    })
+}
+
+/// Appends one document update; its sequence comes from the document row
+/// in the same transaction, so it survives compaction and never repeats.
+fn store_update(tx: &Connection, update: &OwnedUpdate) -> Result<u64, StorageError> {
+    let document = sql_id(update.document.get());
+    let head: Option<i64> = tx
+        .prepare_cached(
+            "UPDATE documents SET head_seq = head_seq + 1 WHERE id = ? RETURNING head_seq",
+        )
+        .and_then(|mut statement| statement.query_row([document], |row| row.get(0)).optional())
+        .map_err(database)?;
+    let head =
+        head.ok_or_else(|| StorageError::NotFound(format!("no document {}", update.document)))?;
+    tx.prepare_cached(
+        "INSERT INTO document_updates (document_id, seq, bytes, created_at) VALUES (?, ?, ?, ?)",
+    )
+    .and_then(|mut statement| {
+        statement.execute(params![document, head, update.bytes, update.now_ms])
+    })
+    .map_err(database)?;
+    Ok(u64::try_from(head).unwrap_or(0))
 }

@@ -402,7 +402,7 @@ impl GroupStore for SqliteStorage {
             }
             check_cap(1, members.len(), new.member_cap)?;
             let _writer = self.write_lock.lock().await;
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.write_tx().await?;
             let (channel,): (i64,) = sqlx::query_as(
                 "INSERT INTO channels (kind, title, last_activity_at, created_at) VALUES ('group', ?, ?, ?) RETURNING id",
             )
@@ -496,7 +496,7 @@ impl GroupStore for SqliteStorage {
     ) -> Result<GroupChanged, StorageError> {
         timed(BACKEND, "change_group", async {
             let _writer = self.write_lock.lock().await;
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.write_tx().await?;
             let group = load_group(&mut tx, id)
                 .await?
                 .ok_or_else(|| StorageError::NotFound(format!("no group {id}")))?;
@@ -544,7 +544,7 @@ impl GroupStore for SqliteStorage {
     ) -> Result<JoinRequestRecord, StorageError> {
         timed(BACKEND, "request_join", async {
             let _writer = self.write_lock.lock().await;
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.write_tx().await?;
             let existing = sqlx::query(&format!(
                 "SELECT {REQUEST_COLUMNS} FROM group_join_requests WHERE group_id = ? AND user_id = ? AND status = 'pending'"
             ))

@@ -19,7 +19,7 @@ impl InboxStore for SqliteStorage {
     ) -> Result<InboxEvent, StorageError> {
         timed(BACKEND, "append_inbox", async {
             let _writer = self.write_lock.lock().await;
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.write_tx().await?;
             let next: Option<(i64,)> = sqlx::query_as("UPDATE users SET inbox_pts = inbox_pts + 1 WHERE id = ? RETURNING inbox_pts")
                 .bind(sql_id(user.get()))
                 .fetch_optional(&mut *tx)

@@ -21,11 +21,29 @@ const MEMBER_COLUMNS: &str = "cm.channel_id AS m_channel_id, cm.user_id AS m_use
      cm.joined_pts AS m_joined_pts, cm.read_pts AS m_read_pts, cm.pinned AS m_pinned, \
      cm.hidden_until_pts AS m_hidden_until_pts, cm.notifications_muted AS m_notifications_muted, \
      cm.send_muted_until AS m_send_muted_until";
-const MESSAGE_COLUMNS: &str = "m.id AS msg_id, m.channel_id AS msg_channel_id, m.pts AS msg_pts, \
+pub(super) const MESSAGE_COLUMNS: &str = "m.id AS msg_id, m.channel_id AS msg_channel_id, m.pts AS msg_pts, \
      m.sender_id AS msg_sender_id, m.sender_device_id AS msg_sender_device_id, \
      m.client_msg_id AS msg_client_msg_id, m.content AS msg_content, m.reply_to AS msg_reply_to, \
      m.mentions AS msg_mentions, m.created_at AS msg_created_at, m.revoked_at AS msg_revoked_at, \
      m.revoked_by AS msg_revoked_by, m.pinned AS msg_pinned";
+
+/// Gives a channel its next pts (and, for a message, makes it the channel's
+/// last message): `(is_message, is_message, now_ms, channel)`, returning
+/// the pts.
+pub(super) const BUMP_CHANNEL_SQL: &str = "UPDATE channels SET pts = pts + 1, \
+       last_message_pts = CASE WHEN ? THEN pts + 1 ELSE last_message_pts END, \
+       last_activity_at = CASE WHEN ? THEN ? ELSE last_activity_at END \
+     WHERE id = ? RETURNING pts";
+/// `(channel, pts, kind, message, actor, audience, body, created_at)`.
+pub(super) const APPEND_EVENT_SQL: &str = "INSERT INTO channel_events \
+     (channel_id, pts, kind, message_id, actor_id, audience, body, created_at) \
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?)";
+/// Returns the new message's id.
+pub(super) const INSERT_MESSAGE_SQL: &str = "INSERT INTO messages (channel_id, pts, sender_id, \
+     sender_device_id, client_msg_id, content, reply_to, mentions, created_at) \
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id";
+/// `(message id, searchable text)`.
+pub(super) const INSERT_FTS_SQL: &str = "INSERT INTO messages_fts (rowid, text) VALUES (?, ?)";
 
 fn pts(raw: i64) -> u64 {
     u64::try_from(raw).unwrap_or(0)
@@ -144,35 +162,27 @@ pub(super) async fn append_event(
     now_ms: i64,
 ) -> Result<EventRecord, sqlx::Error> {
     let is_message = kind == "message";
-    let (next,): (i64,) = sqlx::query_as(
-        "UPDATE channels SET pts = pts + 1, \
-           last_message_pts = CASE WHEN ? THEN pts + 1 ELSE last_message_pts END, \
-           last_activity_at = CASE WHEN ? THEN ? ELSE last_activity_at END \
-         WHERE id = ? RETURNING pts",
-    )
-    .bind(is_message)
-    .bind(is_message)
-    .bind(now_ms)
-    .bind(sql_id(channel.get()))
-    .fetch_one(&mut **tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO channel_events (channel_id, pts, kind, message_id, actor_id, audience, body, created_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(sql_id(channel.get()))
-    .bind(next)
-    .bind(kind)
-    .bind(message.map(|m| sql_id(m.get())))
-    .bind(sql_id(actor.get()))
-    .bind(match audience {
-        Audience::Members => "members",
-        Audience::Actor => "actor",
-    })
-    .bind(body)
-    .bind(now_ms)
-    .execute(&mut **tx)
-    .await?;
+    let (next,): (i64,) = sqlx::query_as(BUMP_CHANNEL_SQL)
+        .bind(is_message)
+        .bind(is_message)
+        .bind(now_ms)
+        .bind(sql_id(channel.get()))
+        .fetch_one(&mut **tx)
+        .await?;
+    sqlx::query(APPEND_EVENT_SQL)
+        .bind(sql_id(channel.get()))
+        .bind(next)
+        .bind(kind)
+        .bind(message.map(|m| sql_id(m.get())))
+        .bind(sql_id(actor.get()))
+        .bind(match audience {
+            Audience::Members => "members",
+            Audience::Actor => "actor",
+        })
+        .bind(body)
+        .bind(now_ms)
+        .execute(&mut **tx)
+        .await?;
     let message = match message {
         Some(id) => load_message(tx, id).await?,
         None => None,
@@ -206,96 +216,6 @@ pub(super) async fn recipients(
         .into_iter()
         .map(|(id,)| UserId::new(id as u64))
         .collect())
-}
-
-async fn is_member(tx: &mut Tx<'_>, channel: ChannelId, user: UserId) -> Result<bool, sqlx::Error> {
-    let row: Option<(i64,)> =
-        sqlx::query_as("SELECT 1 FROM channel_members WHERE channel_id = ? AND user_id = ?")
-            .bind(sql_id(channel.get()))
-            .bind(sql_id(user.get()))
-            .fetch_optional(&mut **tx)
-            .await?;
-    Ok(row.is_some())
-}
-
-/// Stores one message and its event in the caller's transaction (without
-/// committing): the unit of work the group-commit writer batches.
-pub(super) async fn insert_message(
-    tx: &mut Tx<'_>,
-    message: &NewMessage<'_>,
-) -> Result<SendOutcome, StorageError> {
-    let existing = sqlx::query(&format!(
-        "SELECT {MESSAGE_COLUMNS} FROM messages m \
-             WHERE m.sender_id = ? AND m.sender_device_id = ? AND m.client_msg_id = ?"
-    ))
-    .bind(sql_id(message.sender_id.get()))
-    .bind(sql_id(message.sender_device_id.get()))
-    .bind(message.client_msg_id)
-    .fetch_optional(&mut **tx)
-    .await?;
-    if let Some(row) = existing {
-        if let Some(found) = message_from(&row)? {
-            return Ok(SendOutcome::Duplicate(found));
-        }
-    }
-    if !is_member(tx, message.channel_id, message.sender_id).await? {
-        return Err(StorageError::NotFound(format!(
-            "no channel {} with this member",
-            message.channel_id
-        )));
-    }
-    if let Some(reply_to) = message.reply_to {
-        let target = load_message(tx, reply_to).await?;
-        if target.is_none_or(|t| t.channel_id != message.channel_id) {
-            return Err(StorageError::Invalid(format!(
-                "reply_to: no message {reply_to} in this channel"
-            )));
-        }
-    }
-    // The message takes the pts its event is about to get.
-    let (next_pts,): (i64,) = sqlx::query_as("SELECT pts + 1 FROM channels WHERE id = ?")
-        .bind(sql_id(message.channel_id.get()))
-        .fetch_one(&mut **tx)
-        .await?;
-    let (id,): (i64,) = sqlx::query_as(
-            "INSERT INTO messages (channel_id, pts, sender_id, sender_device_id, client_msg_id, content, \
-               reply_to, mentions, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-        )
-        .bind(sql_id(message.channel_id.get()))
-        .bind(next_pts)
-        .bind(sql_id(message.sender_id.get()))
-        .bind(sql_id(message.sender_device_id.get()))
-        .bind(message.client_msg_id)
-        .bind(message.content)
-        .bind(message.reply_to.map(|m| sql_id(m.get())))
-        .bind(message.mentions)
-        .bind(message.now_ms)
-        .fetch_one(&mut **tx)
-        .await?;
-    if let Some(text) = message.search_text.filter(|t| !t.is_empty()) {
-        sqlx::query("INSERT INTO messages_fts (rowid, text) VALUES (?, ?)")
-            .bind(id)
-            .bind(text)
-            .execute(&mut **tx)
-            .await?;
-    }
-    let event = append_event(
-        tx,
-        message.channel_id,
-        "message",
-        Some(MessageId::new(id as u64)),
-        message.sender_id,
-        Audience::Members,
-        "{}",
-        message.now_ms,
-    )
-    .await?;
-    debug_assert_eq!(
-        event.pts,
-        pts(next_pts),
-        "a message and its event share the pts"
-    );
-    Ok(SendOutcome::Sent(event))
 }
 
 impl SqliteStorage {
@@ -354,7 +274,7 @@ impl MessageStore for SqliteStorage {
             let (low, high) = if a <= b { (a, b) } else { (b, a) };
             let key = format!("{low}:{high}");
             let _writer = self.write_lock.lock().await;
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.write_tx().await?;
             let existing = sqlx::query(&format!("SELECT {CHANNEL_COLUMNS} FROM channels c WHERE c.direct_key = ?"))
                 .bind(&key)
                 .fetch_optional(&mut *tx)
@@ -509,15 +429,11 @@ impl MessageStore for SqliteStorage {
             // Sends are committed in groups by one writer: many messages,
             // one transaction and one fsync (see `group_commit`).
             let (reply, answer) = tokio::sync::oneshot::channel();
-            let queue = self.sends.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            let queue = queue.ok_or(StorageError::Closed)?;
-            queue
-                .send(super::group_commit::SendRequest {
-                    message: super::group_commit::OwnedMessage::from(&message),
-                    reply,
-                })
-                .await
-                .map_err(|_| StorageError::Closed)?;
+            self.queue_write(super::group_commit::WriteRequest::Send {
+                message: super::group_commit::OwnedMessage::from(&message),
+                reply,
+            })
+            .await?;
             answer.await.map_err(|_| StorageError::Closed)?
         })
         .await
@@ -548,7 +464,7 @@ impl MessageStore for SqliteStorage {
     ) -> Result<Option<EventRecord>, StorageError> {
         timed(BACKEND, "revoke_message", async {
             let _writer = self.write_lock.lock().await;
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.write_tx().await?;
             let revoked = sqlx::query(
                 "UPDATE messages SET content = NULL, revoked_at = ?, revoked_by = ? \
                  WHERE id = ? AND revoked_at IS NULL RETURNING channel_id",
@@ -601,7 +517,7 @@ impl MessageStore for SqliteStorage {
     ) -> Result<Option<EventRecord>, StorageError> {
         timed(BACKEND, "react", async {
             let _writer = self.write_lock.lock().await;
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.write_tx().await?;
             let Some(target) = load_message(&mut tx, message).await? else {
                 return Err(StorageError::NotFound(format!("no message {message}")));
             };
@@ -689,7 +605,7 @@ impl MessageStore for SqliteStorage {
     ) -> Result<Option<EventRecord>, StorageError> {
         timed(BACKEND, "set_pinned", async {
             let _writer = self.write_lock.lock().await;
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.write_tx().await?;
             let row = sqlx::query(
                 "UPDATE messages SET pinned = ? WHERE id = ? AND pinned != ? AND revoked_at IS NULL RETURNING channel_id",
             )
@@ -724,7 +640,7 @@ impl MessageStore for SqliteStorage {
     ) -> Result<(u64, Option<EventRecord>), StorageError> {
         timed(BACKEND, "mark_read", async {
             let _writer = self.write_lock.lock().await;
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.write_tx().await?;
             let row = sqlx::query(
                 "SELECT cm.read_pts, c.pts, c.kind FROM channel_members cm JOIN channels c ON c.id = cm.channel_id \
                  WHERE cm.channel_id = ? AND cm.user_id = ?",

@@ -164,7 +164,7 @@ impl SocialStore for SqliteStorage {
     ) -> Result<Option<FriendRequestRecord>, StorageError> {
         timed(BACKEND, "close_request", async {
             let _writer = self.write_lock.lock().await;
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.write_tx().await?;
             let closed = close_pending(&mut tx, from, to, status, now_ms).await?;
             tx.commit().await?;
             Ok(closed)
@@ -181,7 +181,7 @@ impl SocialStore for SqliteStorage {
     ) -> Result<Option<FriendRequestRecord>, StorageError> {
         timed(BACKEND, "accept_request", async {
             let _writer = self.write_lock.lock().await;
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.write_tx().await?;
             let Some(accepted) = close_pending(&mut tx, from, to, "accepted", now_ms).await? else {
                 return Ok(None);
             };
@@ -286,7 +286,7 @@ impl SocialStore for SqliteStorage {
     ) -> Result<Option<Vec<FriendRequestRecord>>, StorageError> {
         timed(BACKEND, "block", async {
             let _writer = self.write_lock.lock().await;
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.write_tx().await?;
             let inserted = sqlx::query(
                 "INSERT OR IGNORE INTO blocks (user_id, blocked_id, created_at) VALUES (?, ?, ?)",
             )
