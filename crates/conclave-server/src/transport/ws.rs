@@ -19,6 +19,7 @@ use conclave_core::ErrorCode;
 use conclave_core::limits::JSON_BODY_MAX_BYTES;
 use conclave_protocol::api::{JsonRequest, ResponsePayload, events};
 use conclave_protocol::{Decoded, FRAME_LEN_MAX_BYTES, decode_frame};
+use futures_util::SinkExt as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::api_error::ApiError;
@@ -158,11 +159,17 @@ async fn run(
                 break closed_by(ErrorCode::ShuttingDown, "the server is shutting down; reconnect");
             }
             Some(event) = link.events.recv(), if session.is_live() => {
-                let message = match encoding {
-                    Encoding::Json => Message::Text(Utf8Bytes::from(&*event.json_text())),
-                    Encoding::Binary => Message::Binary(event.frame_bytes()),
-                };
-                if let Some(reason) = write_failed(send(&mut socket, message, write_timeout).await) {
+                // Events that queued up meanwhile go out with it: one flush,
+                // so a busy session costs one write for many events.
+                let mut batch = Vec::with_capacity(1);
+                batch.push(push_message(encoding, &event));
+                while batch.len() < PUSH_BATCH_MAX {
+                    match link.events.try_recv() {
+                        Ok(event) => batch.push(push_message(encoding, &event)),
+                        Err(_) => break,
+                    }
+                }
+                if let Some(reason) = write_failed(send_all(&mut socket, batch, write_timeout).await) {
                     break reason;
                 }
             }
@@ -448,6 +455,31 @@ enum Sent {
     Gone,
     /// The peer stopped reading: the write did not finish in time.
     Stalled,
+}
+
+/// Most pushed events written with one flush.
+const PUSH_BATCH_MAX: usize = 64;
+
+fn push_message(encoding: Encoding, event: &PushEvent) -> Message {
+    match encoding {
+        Encoding::Json => Message::Text(Utf8Bytes::from(&*event.json_text())),
+        Encoding::Binary => Message::Binary(event.frame_bytes()),
+    }
+}
+
+/// Writes `messages` in order and flushes once, all within `timeout`.
+async fn send_all(socket: &mut WebSocket, messages: Vec<Message>, timeout: Duration) -> Sent {
+    let write = async {
+        for message in messages {
+            socket.feed(message).await?;
+        }
+        socket.flush().await
+    };
+    match tokio::time::timeout(timeout, write).await {
+        Ok(Ok(())) => Sent::Done,
+        Ok(Err(_)) => Sent::Gone,
+        Err(_) => Sent::Stalled,
+    }
 }
 
 async fn send(socket: &mut WebSocket, message: Message, timeout: Duration) -> Sent {
