@@ -12,7 +12,7 @@ use conclave_protocol::api::account::{Audience, Privacy};
 use conclave_protocol::api::groups::{InvitePolicy, Role};
 use conclave_storage::{
     ChannelKind, ChannelRecord, DocumentRecord, FileRecord, GroupRecord, MemberRecord,
-    MessageRecord, PrivacyRecord, Relation,
+    MessageRecord, PrivacyRecord, Relation, WriteContext,
 };
 
 use crate::api_error::ApiError;
@@ -81,12 +81,12 @@ pub(crate) async fn document_access(
     let Some(channel) = document.channel_id else {
         return Err(forbidden());
     };
-    let (channel, member) = match member_of(state, channel, user).await {
+    let context = match write_context(state, channel, user).await {
         Ok(found) => found,
         Err(err) if err.code == ErrorCode::NotMember => return Err(forbidden()),
         Err(err) => return Err(err),
     };
-    match may_write(state, &channel, &member, crate::unix_ms()).await {
+    match may_write(state, &context, crate::unix_ms()).await {
         Ok(()) => Ok(Access::ReadWrite),
         Err(err) if err.code.http_status() < 500 => Ok(Access::ReadOnly),
         Err(err) => Err(err),
@@ -129,40 +129,63 @@ pub(crate) async fn relation_and_privacy(
     Ok((relation, privacy_of(state, b).await?))
 }
 
-/// May this member write to the channel now (send, forward, react, pin)?
-/// Their own mute; in a group, the group's rules; in a direct channel, the
-/// blacklist and the peer's privacy.
+/// The channel and the caller's membership, if the caller may write to it
+/// now (send, forward, react, pin, type); `not_member` if not a member.
+pub(crate) async fn writable(
+    state: &AppState,
+    channel: ChannelId,
+    user: UserId,
+    now_ms: i64,
+) -> Result<(ChannelRecord, MemberRecord), ApiError> {
+    let context = write_context(state, channel, user).await?;
+    may_write(state, &context, now_ms).await?;
+    Ok((context.channel, context.member))
+}
+
+/// What deciding a write needs, read at once; `not_member` if the user is
+/// not a member (also when the channel does not exist).
+pub(crate) async fn write_context(
+    state: &AppState,
+    channel: ChannelId,
+    user: UserId,
+) -> Result<WriteContext, ApiError> {
+    state
+        .storage
+        .write_context(channel, user)
+        .await?
+        .ok_or_else(|| not_member(channel))
+}
+
+/// May this member write to the channel now? Their own mute; in a group,
+/// the group's rules; in a direct channel, the blacklist and the peer's
+/// privacy.
 pub(crate) async fn may_write(
     state: &AppState,
-    channel: &ChannelRecord,
-    member: &MemberRecord,
+    context: &WriteContext,
     now_ms: i64,
 ) -> Result<(), ApiError> {
-    may_send(member, now_ms)?;
-    match channel.kind {
+    may_send(&context.member, now_ms)?;
+    match context.channel.kind {
         ChannelKind::Group => {
             let group = state
                 .storage
                 .groups()
-                .group_by_channel(channel.id)
+                .group_by_channel(context.channel.id)
                 .await?
-                .ok_or_else(|| not_member(channel.id))?;
+                .ok_or_else(|| not_member(context.channel.id))?;
             group_rule(
                 GroupAction::Send,
-                Standing::Member(role_of(member)),
+                Standing::Member(role_of(&context.member)),
                 None,
                 &group,
             )
         }
-        ChannelKind::Direct => {
-            let members = state.storage.messages().members(channel.id).await?;
-            let Some(peer) = members.iter().find(|m| m.user_id != member.user_id) else {
-                return Ok(());
-            };
-            let (relation, privacy) =
-                relation_and_privacy(state, member.user_id, peer.user_id).await?;
-            may_message_directly(&relation, &privacy)
-        }
+        ChannelKind::Direct => match &context.peer {
+            None => Ok(()),
+            Some(peer) => {
+                may_message_directly(&peer.relation, &privacy_from(peer.privacy.as_ref()))
+            }
+        },
     }
 }
 

@@ -10,7 +10,7 @@ use conclave_core::{DeviceId, UserId};
 
 use crate::{
     Audience, ChunkOutcome, DeviceLogin, FileStatus, MemberFlag, NewMessage, NewUpload, NewUser,
-    ProfileUpdate, ReactionOp, SendOutcome, Storage, StorageError,
+    PrivacyRecord, ProfileUpdate, ReactionOp, SendOutcome, Storage, StorageError,
 };
 
 pub async fn ping_answers(storage: Arc<dyn Storage>) {
@@ -976,6 +976,83 @@ pub async fn mixed_writes_commit_together_and_refusals_stay_alone(storage: Arc<d
     assert_eq!((channel.pts, channel.last_message_pts), (30, 30));
     let loaded = storage.documents().load(doc.id).await.unwrap();
     assert_eq!(loaded.updates.len(), 30);
+}
+
+pub async fn write_context_reads_what_single_reads_do(storage: Arc<dyn Storage>) {
+    let (a, b, c) = (
+        user(&storage, "ann").await,
+        user(&storage, "ben").await,
+        user(&storage, "cat").await,
+    );
+    let messages = storage.messages();
+    let social = storage.social();
+    let (direct, _) = messages.direct_channel(a, b, 5).await.unwrap();
+    let group = group_with(&storage, a, &[b], 10).await;
+    // What a backend answers must match the single reads, whatever the
+    // relation and privacy look like.
+    let expected = |who: UserId, channel: conclave_core::ChannelId| {
+        let storage = storage.clone();
+        async move {
+            let messages = storage.messages();
+            let member = messages.member(channel, who).await.unwrap()?;
+            let record = messages.channel(channel).await.unwrap()?;
+            let peer = match record.kind {
+                crate::ChannelKind::Group => None,
+                crate::ChannelKind::Direct => {
+                    let members = messages.members(channel).await.unwrap();
+                    let peer = members.iter().find(|m| m.user_id != who)?.user_id;
+                    Some(crate::PeerContext {
+                        user_id: peer,
+                        relation: storage.social().relation(who, peer).await.unwrap(),
+                        privacy: storage.social().privacy(peer).await.unwrap(),
+                    })
+                }
+            };
+            Some(crate::WriteContext {
+                channel: record,
+                member,
+                peer,
+            })
+        }
+    };
+    let check = |who: UserId, channel: conclave_core::ChannelId| {
+        let storage = storage.clone();
+        let expected = expected(who, channel);
+        async move {
+            let got = storage.write_context(channel, who).await.unwrap();
+            assert_eq!(got, expected.await, "user {who} in channel {channel}");
+            got
+        }
+    };
+
+    let plain = check(a, direct.id).await.unwrap();
+    let peer = plain.peer.unwrap();
+    assert_eq!((peer.user_id, peer.relation), (b, Default::default()));
+    assert_eq!(peer.privacy, social.privacy(b).await.unwrap());
+    assert!(check(a, group.channel_id).await.unwrap().peer.is_none());
+    assert!(check(c, direct.id).await.is_none(), "not a member");
+    assert!(
+        check(a, conclave_core::ChannelId::new(direct.id.get() + 1000))
+            .await
+            .is_none(),
+        "no such channel"
+    );
+
+    social.request_friend(b, a, None, 10).await.unwrap();
+    social.block(b, a, 11).await.unwrap();
+    let privacy = PrivacyRecord {
+        direct_messages: "friends".into(),
+        searchable_by: "nobody".into(),
+        group_invites: "friends".into(),
+        last_seen: "nobody".into(),
+    };
+    social.set_privacy(b, &privacy, 12).await.unwrap();
+    let strict = check(a, direct.id).await.unwrap().peer.unwrap();
+    assert!(strict.relation.b_blocked_a && !strict.relation.a_blocked_b);
+    assert_eq!(strict.privacy, Some(privacy));
+    let other_side = check(b, direct.id).await.unwrap().peer.unwrap();
+    assert_eq!(other_side.user_id, a);
+    assert!(other_side.relation.a_blocked_b);
 }
 
 pub async fn concurrent_document_appends_lose_nothing(storage: Arc<dyn Storage>) {
@@ -2292,6 +2369,7 @@ macro_rules! conformance_tests {
             compaction_replaces_a_prefix_of_the_log,
             concurrent_document_appends_lose_nothing,
             mixed_writes_commit_together_and_refusals_stay_alone,
+            write_context_reads_what_single_reads_do,
             document_versions_are_numbered_listed_and_read_back,
             document_version_refusals_change_nothing,
             concurrent_document_versions_get_distinct_numbers,

@@ -24,6 +24,7 @@ mod sqlite;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use conclave_core::{ChannelId, UserId};
 
 pub use accounts::{AccountStore, DeviceLogin, DeviceRecord, NewUser, ProfileUpdate, UserRecord};
 pub use documents::{
@@ -90,6 +91,63 @@ pub trait Storage: Send + Sync + 'static {
     fn groups(&self) -> &dyn GroupStore;
 
     fn files(&self) -> &dyn FileStore;
+
+    /// What deciding whether `user` may write to `channel` needs, read at
+    /// once: the channel, the membership and, in a direct channel, the peer
+    /// with the relation to them and their privacy. `None` when `user` is
+    /// not a member (or the channel does not exist). Backends may answer it
+    /// with one query; this default composes the single reads.
+    async fn write_context(
+        &self,
+        channel: ChannelId,
+        user: UserId,
+    ) -> Result<Option<WriteContext>, StorageError> {
+        let messages = self.messages();
+        let Some(member) = messages.member(channel, user).await? else {
+            return Ok(None);
+        };
+        let Some(channel) = messages.channel(channel).await? else {
+            return Ok(None);
+        };
+        let peer = match channel.kind {
+            ChannelKind::Group => None,
+            ChannelKind::Direct => {
+                let members = messages.members(channel.id).await?;
+                match members.iter().find(|m| m.user_id != user) {
+                    Some(peer) => Some(PeerContext {
+                        user_id: peer.user_id,
+                        relation: self.social().relation(user, peer.user_id).await?,
+                        privacy: self.social().privacy(peer.user_id).await?,
+                    }),
+                    None => None,
+                }
+            }
+        };
+        Ok(Some(WriteContext {
+            channel,
+            member,
+            peer,
+        }))
+    }
+}
+
+/// See [`Storage::write_context`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteContext {
+    pub channel: ChannelRecord,
+    pub member: MemberRecord,
+    /// The other member of a direct channel (`None` in a group, or in a
+    /// direct channel whose peer is gone).
+    pub peer: Option<PeerContext>,
+}
+
+/// The other side of a direct channel, as the writer sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerContext {
+    pub user_id: UserId,
+    /// The writer's relation to the peer (`a` = the writer).
+    pub relation: Relation,
+    pub privacy: Option<PrivacyRecord>,
 }
 
 /// Write-once facts about the installation.

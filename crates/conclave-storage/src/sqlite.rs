@@ -291,6 +291,14 @@ impl Storage for SqliteStorage {
     fn files(&self) -> &dyn crate::FileStore {
         self
     }
+
+    async fn write_context(
+        &self,
+        channel: conclave_core::ChannelId,
+        user: conclave_core::UserId,
+    ) -> Result<Option<crate::WriteContext>, StorageError> {
+        self.write_context_joined(channel, user).await
+    }
 }
 
 #[async_trait]

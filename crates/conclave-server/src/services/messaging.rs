@@ -9,8 +9,8 @@ use conclave_storage::{
 
 use crate::api_error::ApiError;
 use crate::permissions::{
-    may_message_directly, may_revoke, may_see, may_write, member_of, not_member,
-    relation_and_privacy,
+    may_message_directly, may_revoke, may_see, member_of, not_member, relation_and_privacy,
+    writable,
 };
 use crate::rpc::{RouteTable, RpcContext};
 use crate::services::files::{check_references, record_references};
@@ -245,8 +245,7 @@ async fn store_message(
         )));
     }
     let now = crate::unix_ms();
-    let (channel_record, member) = member_of(&ctx.state, channel, caller.user_id).await?;
-    may_write(&ctx.state, &channel_record, &member, now).await?;
+    writable(&ctx.state, channel, caller.user_id, now).await?;
     // The files it names, checked; an image's size and thumbnail filled in.
     let shared = check_references(&ctx.state, content, caller.user_id).await?;
     let content = &shared.content;
@@ -512,8 +511,13 @@ async fn react(
             "emoji: 1 to {EMOJI_LEN_MAX_BYTES} bytes without spaces"
         )));
     }
-    let (channel, member) = member_of(&ctx.state, change.channel_id, caller.user_id).await?;
-    may_write(&ctx.state, &channel, &member, crate::unix_ms()).await?;
+    let (_, member) = writable(
+        &ctx.state,
+        change.channel_id,
+        caller.user_id,
+        crate::unix_ms(),
+    )
+    .await?;
     let message = visible_message(ctx, &member, change.message_id).await?;
     let event = ctx
         .state
@@ -590,8 +594,13 @@ async fn pin(
     pinned: bool,
 ) -> Result<ReactionChanged, ApiError> {
     let caller = ctx.caller()?;
-    let (channel, member) = member_of(&ctx.state, change.channel_id, caller.user_id).await?;
-    may_write(&ctx.state, &channel, &member, crate::unix_ms()).await?;
+    let (_, member) = writable(
+        &ctx.state,
+        change.channel_id,
+        caller.user_id,
+        crate::unix_ms(),
+    )
+    .await?;
     let message = visible_message(ctx, &member, change.message_id).await?;
     let event = ctx
         .state

@@ -5,7 +5,7 @@ use conclave_protocol::api::presence::*;
 use conclave_protocol::api::{Empty, events};
 
 use crate::api_error::ApiError;
-use crate::permissions::{may_see_presence, may_write, member_of, relation_and_privacy};
+use crate::permissions::{may_see_presence, relation_and_privacy, writable};
 use crate::rpc::{RouteTable, RpcContext};
 use crate::sessions::{PRESENCE_WATCH_MAX, PushEvent};
 use crate::state::AppState;
@@ -74,9 +74,8 @@ async fn typing(ctx: RpcContext, req: Typing) -> Result<Empty, ApiError> {
     ctx.state
         .rate_limits
         .check_typing(caller.user_id, req.channel_id)?;
-    let (channel, member) = member_of(&ctx.state, req.channel_id, caller.user_id).await?;
     // Only someone who may write may say they are writing.
-    may_write(&ctx.state, &channel, &member, crate::unix_ms()).await?;
+    writable(&ctx.state, req.channel_id, caller.user_id, crate::unix_ms()).await?;
     let members = ctx.state.storage.messages().members(req.channel_id).await?;
     let event = PushEvent::new(
         events::TYPING,

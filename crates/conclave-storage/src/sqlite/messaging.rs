@@ -5,19 +5,21 @@ use conclave_core::{ChannelId, DeviceId, MessageId, UserId};
 use sqlx::Row as _;
 use sqlx::sqlite::SqliteRow;
 
+use super::social::{PRIVACY_COLUMNS, privacy_from, relation_columns, relation_from};
 use super::sql_id;
 use super::{BACKEND, SqliteStorage};
 use crate::metrics::timed;
 use crate::{
     Audience, ChannelKind, ChannelRecord, ChannelSummary, Committed, EventRecord, MemberFlag,
-    MemberRecord, MessageRecord, MessageStore, NewMessage, ReactionOp, SendOutcome, StorageError,
+    MemberRecord, MessageRecord, MessageStore, NewMessage, PeerContext, ReactionOp, SendOutcome,
+    StorageError, WriteContext,
 };
 
 pub(super) type Tx<'a> = sqlx::Transaction<'a, sqlx::Sqlite>;
 
 pub(super) const CHANNEL_COLUMNS: &str =
     "c.id, c.kind, c.title, c.pts, c.last_message_pts, c.last_activity_at, c.created_at";
-const MEMBER_COLUMNS: &str = "cm.channel_id AS m_channel_id, cm.user_id AS m_user_id, cm.role AS m_role, \
+pub(super) const MEMBER_COLUMNS: &str = "cm.channel_id AS m_channel_id, cm.user_id AS m_user_id, cm.role AS m_role, \
      cm.joined_pts AS m_joined_pts, cm.read_pts AS m_read_pts, cm.pinned AS m_pinned, \
      cm.hidden_until_pts AS m_hidden_until_pts, cm.notifications_muted AS m_notifications_muted, \
      cm.send_muted_until AS m_send_muted_until";
@@ -70,7 +72,7 @@ pub(super) fn channel_from(row: &SqliteRow) -> Result<ChannelRecord, sqlx::Error
     })
 }
 
-fn member_from(row: &SqliteRow) -> Result<MemberRecord, sqlx::Error> {
+pub(super) fn member_from(row: &SqliteRow) -> Result<MemberRecord, sqlx::Error> {
     Ok(MemberRecord {
         channel_id: ChannelId::new(row.try_get::<i64, _>("m_channel_id")? as u64),
         user_id: UserId::new(row.try_get::<i64, _>("m_user_id")? as u64),
@@ -219,6 +221,48 @@ pub(super) async fn recipients(
 }
 
 impl SqliteStorage {
+    /// [`crate::Storage::write_context`] in one query: the membership, the
+    /// channel and, for a direct channel, the peer with the relation and
+    /// their privacy, joined.
+    pub(super) async fn write_context_joined(
+        &self,
+        channel: ChannelId,
+        user: UserId,
+    ) -> Result<Option<WriteContext>, StorageError> {
+        timed(BACKEND, "write_context", async {
+            let row = sqlx::query(&format!(
+                "SELECT {CHANNEL_COLUMNS}, {MEMBER_COLUMNS}, peer.user_id AS peer_id, {relation}, {PRIVACY_COLUMNS} \
+                 FROM channel_members cm JOIN channels c ON c.id = cm.channel_id \
+                 LEFT JOIN channel_members peer \
+                   ON c.kind = 'direct' AND peer.channel_id = c.id AND peer.user_id <> cm.user_id \
+                 LEFT JOIN privacy_settings p ON p.user_id = peer.user_id \
+                 WHERE cm.user_id = ?1 AND cm.channel_id = ?2 LIMIT 1",
+                relation = relation_columns("peer.user_id"),
+            ))
+            .bind(sql_id(user.get()))
+            .bind(sql_id(channel.get()))
+            .fetch_optional(&self.pool)
+            .await?;
+            let Some(row) = row else {
+                return Ok(None);
+            };
+            let peer = match row.try_get::<Option<i64>, _>("peer_id")? {
+                Some(peer) => Some(PeerContext {
+                    user_id: UserId::new(peer as u64),
+                    relation: relation_from(&row)?,
+                    privacy: privacy_from(&row)?,
+                }),
+                None => None,
+            };
+            Ok(Some(WriteContext {
+                channel: channel_from(&row)?,
+                member: member_from(&row)?,
+                peer,
+            }))
+        })
+        .await
+    }
+
     /// Commits `tx` and hands the event to the commit stream before the
     /// writer lock (held by the caller) is released, so the stream sees
     /// events in commit order.

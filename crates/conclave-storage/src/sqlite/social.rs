@@ -19,7 +19,7 @@ const REQUEST_COLUMNS: &str = "id, from_id, to_id, message, status, created_at";
 const USER_COLUMNS: &str = "u.id AS u_id, u.username AS u_username, u.password_hash AS u_password_hash, \
      u.display_name AS u_display_name, u.avatar_file_id AS u_avatar_file_id, u.bio AS u_bio, \
      u.created_at AS u_created_at, u.updated_at AS u_updated_at";
-const PRIVACY_COLUMNS: &str = "p.direct_messages AS p_direct_messages, p.searchable_by AS p_searchable_by, \
+pub(super) const PRIVACY_COLUMNS: &str = "p.direct_messages AS p_direct_messages, p.searchable_by AS p_searchable_by, \
      p.group_invites AS p_group_invites, p.last_seen AS p_last_seen";
 
 fn user(id: i64) -> UserId {
@@ -50,7 +50,7 @@ fn user_from(row: &SqliteRow) -> Result<UserRecord, sqlx::Error> {
     })
 }
 
-fn privacy_from(row: &SqliteRow) -> Result<Option<PrivacyRecord>, sqlx::Error> {
+pub(super) fn privacy_from(row: &SqliteRow) -> Result<Option<PrivacyRecord>, sqlx::Error> {
     let Some(direct_messages) = row.try_get::<Option<String>, _>("p_direct_messages")? else {
         return Ok(None);
     };
@@ -64,7 +64,7 @@ fn privacy_from(row: &SqliteRow) -> Result<Option<PrivacyRecord>, sqlx::Error> {
 
 /// The relation of `a` to `b` as SQL columns, for users `?1` (a) and the
 /// row's `u.id` (b) or a bound `?2`.
-fn relation_columns(b: &str) -> String {
+pub(super) fn relation_columns(b: &str) -> String {
     format!(
         "EXISTS (SELECT 1 FROM friendships WHERE user_id = ?1 AND friend_id = {b}) AS r_friends, \
          EXISTS (SELECT 1 FROM blocks WHERE user_id = ?1 AND blocked_id = {b}) AS r_a_blocked_b, \
@@ -74,7 +74,7 @@ fn relation_columns(b: &str) -> String {
     )
 }
 
-fn relation_from(row: &SqliteRow) -> Result<Relation, sqlx::Error> {
+pub(super) fn relation_from(row: &SqliteRow) -> Result<Relation, sqlx::Error> {
     Ok(Relation {
         friends: row.try_get::<i64, _>("r_friends")? != 0,
         a_blocked_b: row.try_get::<i64, _>("r_a_blocked_b")? != 0,
