@@ -21,8 +21,11 @@ use crate::rpc::Caller;
 use crate::state::AppState;
 use crate::transport::framed::{self, FrameWire};
 
-/// Bytes read per call once the tunnel is up: one maximal Noise message.
-const READ_CHUNK_BYTES: usize = conclave_tunnel::CIPHERTEXT_BUFFER_MAX_BYTES;
+/// Bytes read per call once the tunnel is up. The opener gathers a chunk
+/// across reads, so this need not hold a whole Noise message (64 KiB); a
+/// small buffer keeps an idle connection small, since an allocator may
+/// touch every page of a zeroed buffer.
+const READ_CHUNK_BYTES: usize = 8 * 1024;
 
 /// Plaintext buffered during the handshake. Handshake frames are small JSON
 /// (a Noise message in hex is at most 128 KiB), so a peer sending more
