@@ -28,16 +28,9 @@ pub(crate) async fn member_of(
     channel: ChannelId,
     user: UserId,
 ) -> Result<(ChannelRecord, MemberRecord), ApiError> {
-    let messages = state.storage.messages();
-    let member = messages.member(channel, user).await?;
-    let channel_record = match member {
-        Some(_) => messages.channel(channel).await?,
-        None => None,
-    };
-    match (channel_record, member) {
-        (Some(channel), Some(member)) => Ok((channel, member)),
-        _ => Err(not_member(channel)),
-    }
+    // The write context reads both in one query (and the peer, unused here).
+    let context = write_context(state, channel, user).await?;
+    Ok((context.channel, context.member))
 }
 
 pub(crate) fn not_member(channel: ChannelId) -> ApiError {

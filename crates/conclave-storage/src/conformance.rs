@@ -451,6 +451,12 @@ pub async fn difference_returns_events_in_order_with_the_head(storage: Arc<dyn S
     let (none, head) = messages.events_after(channel.id, 10, 50).await.unwrap();
     assert!(none.is_empty());
     assert_eq!(head, 10);
+    let missing = conclave_core::ChannelId::new(channel.id.get() + 1000);
+    let refused = messages.events_after(missing, 0, 5).await;
+    assert!(
+        matches!(refused, Err(StorageError::NotFound(_))),
+        "{refused:?}"
+    );
 }
 
 pub async fn read_cursors_only_move_forward(storage: Arc<dyn Storage>) {

@@ -761,27 +761,33 @@ impl MessageStore for SqliteStorage {
         limit: u32,
     ) -> Result<(Vec<EventRecord>, u64), StorageError> {
         timed(BACKEND, "events_after", async {
-            // One read transaction: the events and the head come from the
-            // same snapshot.
-            let mut tx = self.pool.begin().await?;
+            // One statement, so one snapshot: the head and the events
+            // agree. The channel row always comes back (with no event
+            // columns when nothing is newer).
             let rows = sqlx::query(&format!(
-                "SELECT e.channel_id, e.pts, e.kind, e.message_id, e.actor_id, e.audience, e.body, e.created_at, \
-                   {MESSAGE_COLUMNS} \
-                 FROM channel_events e LEFT JOIN messages m ON m.id = e.message_id AND e.kind = 'message' \
-                 WHERE e.channel_id = ? AND e.pts > ? ORDER BY e.pts LIMIT ?"
+                "SELECT c.pts AS head, e.channel_id, e.pts, e.kind, e.message_id, e.actor_id, e.audience, \
+                   e.body, e.created_at, {MESSAGE_COLUMNS} \
+                 FROM channels c \
+                 LEFT JOIN (SELECT * FROM channel_events WHERE channel_id = ?1 AND pts > ?2 \
+                            ORDER BY pts LIMIT ?3) e ON 1 = 1 \
+                 LEFT JOIN messages m ON m.id = e.message_id AND e.kind = 'message' \
+                 WHERE c.id = ?1 ORDER BY e.pts"
             ))
             .bind(sql_id(channel.get()))
             .bind(sql_pts(after_pts))
             .bind(i64::from(limit))
-            .fetch_all(&mut *tx)
+            .fetch_all(&self.pool)
             .await?;
-            let (head,): (i64,) = sqlx::query_as("SELECT pts FROM channels WHERE id = ?")
-                .bind(sql_id(channel.get()))
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or_else(|| StorageError::NotFound(format!("no channel {channel}")))?;
-            tx.commit().await?;
-            let events = rows.iter().map(event_from).collect::<Result<Vec<_>, _>>()?;
+            let head = match rows.first() {
+                Some(row) => row.try_get::<i64, _>("head")?,
+                None => return Err(StorageError::NotFound(format!("no channel {channel}"))),
+            };
+            let mut events = Vec::with_capacity(rows.len());
+            for row in &rows {
+                if row.try_get::<Option<i64>, _>("pts")?.is_some() {
+                    events.push(event_from(row)?);
+                }
+            }
             Ok((events, pts(head)))
         })
         .await
