@@ -762,32 +762,48 @@ impl MessageStore for SqliteStorage {
     ) -> Result<(Vec<EventRecord>, u64), StorageError> {
         timed(BACKEND, "events_after", async {
             // One statement, so one snapshot: the head and the events
-            // agree. The channel row always comes back (with no event
-            // columns when nothing is newer).
+            // agree (and one hand-off to the pool's worker).
             let rows = sqlx::query(&format!(
-                "SELECT c.pts AS head, e.channel_id, e.pts, e.kind, e.message_id, e.actor_id, e.audience, \
-                   e.body, e.created_at, {MESSAGE_COLUMNS} \
-                 FROM channels c \
-                 LEFT JOIN (SELECT * FROM channel_events WHERE channel_id = ?1 AND pts > ?2 \
-                            ORDER BY pts LIMIT ?3) e ON 1 = 1 \
-                 LEFT JOIN messages m ON m.id = e.message_id AND e.kind = 'message' \
-                 WHERE c.id = ?1 ORDER BY e.pts"
+                "SELECT (SELECT pts FROM channels WHERE id = ?1) AS head, \
+                   e.channel_id, e.pts, e.kind, e.message_id, e.actor_id, e.audience, e.body, e.created_at, \
+                   {MESSAGE_COLUMNS} \
+                 FROM channel_events e LEFT JOIN messages m ON m.id = e.message_id AND e.kind = 'message' \
+                 WHERE e.channel_id = ?1 AND e.pts > ?2 ORDER BY e.pts LIMIT ?3"
             ))
             .bind(sql_id(channel.get()))
             .bind(sql_pts(after_pts))
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?;
-            let head = match rows.first() {
-                Some(row) => row.try_get::<i64, _>("head")?,
-                None => return Err(StorageError::NotFound(format!("no channel {channel}"))),
-            };
-            let mut events = Vec::with_capacity(rows.len());
-            for row in &rows {
-                if row.try_get::<Option<i64>, _>("pts")?.is_some() {
-                    events.push(event_from(row)?);
+            let Some(first) = rows.first() else {
+                // Nothing newer: the head alone. Read after the (empty)
+                // page, it may have moved on since; then the page is read
+                // again up to that head, so no event is skipped.
+                let (head,): (i64,) = sqlx::query_as("SELECT pts FROM channels WHERE id = ?")
+                    .bind(sql_id(channel.get()))
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .ok_or_else(|| StorageError::NotFound(format!("no channel {channel}")))?;
+                if pts(head) <= after_pts {
+                    return Ok((Vec::new(), pts(head)));
                 }
-            }
+                let rows = sqlx::query(&format!(
+                    "SELECT e.channel_id, e.pts, e.kind, e.message_id, e.actor_id, e.audience, e.body, \
+                       e.created_at, {MESSAGE_COLUMNS} \
+                     FROM channel_events e LEFT JOIN messages m ON m.id = e.message_id AND e.kind = 'message' \
+                     WHERE e.channel_id = ? AND e.pts > ? AND e.pts <= ? ORDER BY e.pts LIMIT ?"
+                ))
+                .bind(sql_id(channel.get()))
+                .bind(sql_pts(after_pts))
+                .bind(head)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+                let events = rows.iter().map(event_from).collect::<Result<Vec<_>, _>>()?;
+                return Ok((events, pts(head)));
+            };
+            let head: i64 = first.try_get("head")?;
+            let events = rows.iter().map(event_from).collect::<Result<Vec<_>, _>>()?;
             Ok((events, pts(head)))
         })
         .await
