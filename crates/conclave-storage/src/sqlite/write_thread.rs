@@ -26,8 +26,12 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 /// Statements kept prepared: the write path uses about a dozen.
 const STATEMENT_CACHE: usize = 32;
 
+/// Jobs waiting for the thread. Its one caller (the group-commit writer)
+/// waits for each job before it sends the next, so one slot is all it uses.
+const JOBS_WAITING_MAX: usize = 4;
+
 pub(super) struct WriteThread {
-    jobs: std::sync::mpsc::Sender<Job>,
+    jobs: std::sync::mpsc::SyncSender<Job>,
 }
 
 impl WriteThread {
@@ -42,7 +46,7 @@ impl WriteThread {
             .map_err(database)?;
         connection.busy_timeout(busy_timeout).map_err(database)?;
         connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(JOBS_WAITING_MAX);
         std::thread::Builder::new()
             .name("conclave-sqlite-writer".into())
             .spawn(move || {
@@ -65,11 +69,16 @@ impl WriteThread {
         job: impl FnOnce(&mut Connection) -> R + Send + 'static,
     ) -> Result<R, StorageError> {
         let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send(Box::new(move |connection| {
-                let _ = reply.send(job(connection));
-            }))
-            .map_err(|_| StorageError::Closed)?;
+        let job: Job = Box::new(move |connection| {
+            let _ = reply.send(job(connection));
+        });
+        // Never blocks the async caller: a full queue is refused instead.
+        self.jobs.try_send(job).map_err(|err| match err {
+            std::sync::mpsc::TrySendError::Full(_) => {
+                StorageError::Unavailable("the SQLite write thread is busy".into())
+            }
+            std::sync::mpsc::TrySendError::Disconnected(_) => StorageError::Closed,
+        })?;
         // Only a job that panicked drops its reply unanswered.
         answer
             .await
