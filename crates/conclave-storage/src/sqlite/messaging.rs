@@ -221,6 +221,35 @@ pub(super) async fn recipients(
 }
 
 impl SqliteStorage {
+    /// Up to `limit` events after `after_pts` and, if there are any, the
+    /// channel's head read with them: one statement, so one snapshot (and
+    /// one hand-off to the pool's worker).
+    async fn event_page(
+        &self,
+        channel: ChannelId,
+        after_pts: u64,
+        limit: u32,
+    ) -> Result<(Vec<EventRecord>, Option<u64>), sqlx::Error> {
+        let rows = sqlx::query(&format!(
+            "SELECT (SELECT pts FROM channels WHERE id = ?1) AS head, \
+               e.channel_id, e.pts, e.kind, e.message_id, e.actor_id, e.audience, e.body, e.created_at, \
+               {MESSAGE_COLUMNS} \
+             FROM channel_events e LEFT JOIN messages m ON m.id = e.message_id AND e.kind = 'message' \
+             WHERE e.channel_id = ?1 AND e.pts > ?2 ORDER BY e.pts LIMIT ?3"
+        ))
+        .bind(sql_id(channel.get()))
+        .bind(sql_pts(after_pts))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let head = match rows.first() {
+            Some(row) => Some(pts(row.try_get("head")?)),
+            None => None,
+        };
+        let events = rows.iter().map(event_from).collect::<Result<_, _>>()?;
+        Ok((events, head))
+    }
+
     /// [`crate::Storage::write_context`] in one query: the membership, the
     /// channel and, for a direct channel, the peer with the relation and
     /// their privacy, joined.
@@ -761,50 +790,22 @@ impl MessageStore for SqliteStorage {
         limit: u32,
     ) -> Result<(Vec<EventRecord>, u64), StorageError> {
         timed(BACKEND, "events_after", async {
-            // One statement, so one snapshot: the head and the events
-            // agree (and one hand-off to the pool's worker).
-            let rows = sqlx::query(&format!(
-                "SELECT (SELECT pts FROM channels WHERE id = ?1) AS head, \
-                   e.channel_id, e.pts, e.kind, e.message_id, e.actor_id, e.audience, e.body, e.created_at, \
-                   {MESSAGE_COLUMNS} \
-                 FROM channel_events e LEFT JOIN messages m ON m.id = e.message_id AND e.kind = 'message' \
-                 WHERE e.channel_id = ?1 AND e.pts > ?2 ORDER BY e.pts LIMIT ?3"
-            ))
-            .bind(sql_id(channel.get()))
-            .bind(sql_pts(after_pts))
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-            let Some(first) = rows.first() else {
-                // Nothing newer: the head alone. Read after the (empty)
-                // page, it may have moved on since; then the page is read
-                // again up to that head, so no event is skipped.
-                let (head,): (i64,) = sqlx::query_as("SELECT pts FROM channels WHERE id = ?")
-                    .bind(sql_id(channel.get()))
-                    .fetch_optional(&self.pool)
-                    .await?
-                    .ok_or_else(|| StorageError::NotFound(format!("no channel {channel}")))?;
-                if pts(head) <= after_pts {
-                    return Ok((Vec::new(), pts(head)));
-                }
-                let rows = sqlx::query(&format!(
-                    "SELECT e.channel_id, e.pts, e.kind, e.message_id, e.actor_id, e.audience, e.body, \
-                       e.created_at, {MESSAGE_COLUMNS} \
-                     FROM channel_events e LEFT JOIN messages m ON m.id = e.message_id AND e.kind = 'message' \
-                     WHERE e.channel_id = ? AND e.pts > ? AND e.pts <= ? ORDER BY e.pts LIMIT ?"
-                ))
+            if let (events, Some(head)) = self.event_page(channel, after_pts, limit).await? {
+                return Ok((events, head));
+            }
+            // Nothing newer: the head alone. Read after the empty page, it
+            // may have moved on since; then the events up to it are
+            // committed, and the page is read again.
+            let (head,): (i64,) = sqlx::query_as("SELECT pts FROM channels WHERE id = ?")
                 .bind(sql_id(channel.get()))
-                .bind(sql_pts(after_pts))
-                .bind(head)
-                .bind(i64::from(limit))
-                .fetch_all(&self.pool)
-                .await?;
-                let events = rows.iter().map(event_from).collect::<Result<Vec<_>, _>>()?;
-                return Ok((events, pts(head)));
-            };
-            let head: i64 = first.try_get("head")?;
-            let events = rows.iter().map(event_from).collect::<Result<Vec<_>, _>>()?;
-            Ok((events, pts(head)))
+                .fetch_optional(&self.pool)
+                .await?
+                .ok_or_else(|| StorageError::NotFound(format!("no channel {channel}")))?;
+            if pts(head) <= after_pts {
+                return Ok((Vec::new(), pts(head)));
+            }
+            let (events, page_head) = self.event_page(channel, after_pts, limit).await?;
+            Ok((events, page_head.unwrap_or(pts(head))))
         })
         .await
     }
