@@ -733,7 +733,7 @@ fn within_budget<T: serde::Serialize>(items: impl Iterator<Item = T>) -> Vec<T> 
     let mut used = 0;
     let mut page = Vec::new();
     for item in items {
-        let size = serde_json::to_vec(&item).map_or(0, |bytes| bytes.len());
+        let size = json_len(&item);
         if !page.is_empty() && used + size > PAGE_BUDGET_BYTES {
             break;
         }
@@ -741,6 +741,25 @@ fn within_budget<T: serde::Serialize>(items: impl Iterator<Item = T>) -> Vec<T> 
         page.push(item);
     }
     page
+}
+
+/// The length of `item` as JSON, counted without building the text.
+fn json_len(item: &impl serde::Serialize) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    match serde_json::to_writer(&mut counter, item) {
+        Ok(()) => counter.0,
+        Err(_) => 0,
+    }
 }
 
 fn page(requested: Option<u32>, default: u32, max: u32) -> u32 {
@@ -895,5 +914,26 @@ fn validate_content(content: &Content, text_max: usize) -> Result<(), ApiError> 
         }
         Content::Card { .. } => Ok(()),
         Content::Forward { .. } | Content::System { .. } => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_len_counts_what_serializing_writes() {
+        let event = ChannelEvent {
+            channel_id: ChannelId::new(7),
+            pts: 42,
+            event: events::MESSAGE_NEW.to_owned(),
+            body: serde_json::json!({
+                "text": "quote \" backslash \\ newline \n tab \t é 漢字 🎉",
+                "n": [1, 2.5, null, true],
+            }),
+        };
+        let written = serde_json::to_vec(&event).unwrap();
+        assert_eq!(json_len(&event), written.len());
+        assert_eq!(json_len(&"x".repeat(10_000)), 10_002);
     }
 }
