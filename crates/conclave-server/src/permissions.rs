@@ -28,9 +28,12 @@ pub(crate) async fn member_of(
     channel: ChannelId,
     user: UserId,
 ) -> Result<(ChannelRecord, MemberRecord), ApiError> {
-    // The write context reads both in one query (and the peer, unused here).
-    let context = write_context(state, channel, user).await?;
-    Ok((context.channel, context.member))
+    state
+        .storage
+        .messages()
+        .membership(channel, user)
+        .await?
+        .ok_or_else(|| not_member(channel))
 }
 
 pub(crate) fn not_member(channel: ChannelId) -> ApiError {

@@ -1032,6 +1032,11 @@ pub async fn write_context_reads_what_single_reads_do(storage: Arc<dyn Storage>)
     };
 
     let plain = check(a, direct.id).await.unwrap();
+    assert_eq!(
+        messages.membership(direct.id, a).await.unwrap(),
+        Some((plain.channel.clone(), plain.member.clone()))
+    );
+    assert_eq!(messages.membership(direct.id, c).await.unwrap(), None);
     let peer = plain.peer.unwrap();
     assert_eq!((peer.user_id, peer.relation), (b, Default::default()));
     assert_eq!(peer.privacy, social.privacy(b).await.unwrap());

@@ -103,10 +103,7 @@ pub trait Storage: Send + Sync + 'static {
         user: UserId,
     ) -> Result<Option<WriteContext>, StorageError> {
         let messages = self.messages();
-        let Some(member) = messages.member(channel, user).await? else {
-            return Ok(None);
-        };
-        let Some(channel) = messages.channel(channel).await? else {
+        let Some((channel, member)) = messages.membership(channel, user).await? else {
             return Ok(None);
         };
         let peer = match channel.kind {

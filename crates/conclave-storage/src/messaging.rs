@@ -175,6 +175,19 @@ pub trait MessageStore: Send + Sync {
         channel: ChannelId,
         user: UserId,
     ) -> Result<Option<MemberRecord>, StorageError>;
+    /// The channel and `user`'s membership in it; `None` when `user` is not
+    /// a member (or the channel does not exist). Backends may read both at
+    /// once; this default reads one after the other.
+    async fn membership(
+        &self,
+        channel: ChannelId,
+        user: UserId,
+    ) -> Result<Option<(ChannelRecord, MemberRecord)>, StorageError> {
+        let Some(member) = self.member(channel, user).await? else {
+            return Ok(None);
+        };
+        Ok(self.channel(channel).await?.map(|record| (record, member)))
+    }
     async fn members(&self, channel: ChannelId) -> Result<Vec<MemberRecord>, StorageError>;
     /// The user's channels, pinned first, then by last activity.
     async fn channel_list(

@@ -411,6 +411,29 @@ impl MessageStore for SqliteStorage {
         .await
     }
 
+    async fn membership(
+        &self,
+        channel: ChannelId,
+        user: UserId,
+    ) -> Result<Option<(ChannelRecord, MemberRecord)>, StorageError> {
+        timed(BACKEND, "membership", async {
+            let row = sqlx::query(&format!(
+                "SELECT {CHANNEL_COLUMNS}, {MEMBER_COLUMNS} \
+                 FROM channel_members cm JOIN channels c ON c.id = cm.channel_id \
+                 WHERE cm.channel_id = ? AND cm.user_id = ?"
+            ))
+            .bind(sql_id(channel.get()))
+            .bind(sql_id(user.get()))
+            .fetch_optional(&self.pool)
+            .await?;
+            match row {
+                Some(row) => Ok(Some((channel_from(&row)?, member_from(&row)?))),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
     async fn members(&self, channel: ChannelId) -> Result<Vec<MemberRecord>, StorageError> {
         timed(BACKEND, "members", async {
             let rows = sqlx::query(&format!(
