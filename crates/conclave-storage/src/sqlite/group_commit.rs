@@ -112,25 +112,18 @@ enum Work {
     Append(OwnedUpdate),
 }
 
-/// Who waits for each piece of [`Work`].
-enum Waiter {
-    Send {
-        reply: oneshot::Sender<Result<SendOutcome, StorageError>>,
-        origin_session: Option<u64>,
-    },
-    Append(oneshot::Sender<Result<u64, StorageError>>),
-}
-
 /// One stored send: its outcome and, for a new message, who hears of it.
 type Stored = Result<(SendOutcome, Option<Vec<UserId>>), StorageError>;
 
-// Outcomes live for one batch, side by side in one vector; boxing the
-// larger kind would cost an allocation per send instead.
-#[allow(clippy::large_enum_variant)]
-enum Outcome {
-    Send(Stored),
-    Append(Result<u64, StorageError>),
+/// What a batch stored, each kind in the order its writes were queued.
+#[derive(Default)]
+struct Outcomes {
+    sends: Vec<Stored>,
+    appends: Vec<Result<u64, StorageError>>,
 }
+
+type SendReply = oneshot::Sender<Result<SendOutcome, StorageError>>;
+type AppendReply = oneshot::Sender<Result<u64, StorageError>>;
 
 impl Writer {
     async fn commit(&self, batch: &mut Vec<WriteRequest>) {
@@ -138,26 +131,22 @@ impl Writer {
         // events in commit order.
         let _writer = self.write_lock.lock().await;
         let mut work = Vec::with_capacity(batch.len());
-        let mut waiters = Vec::with_capacity(batch.len());
-        let mut sends = 0;
+        let mut senders: Vec<(SendReply, Option<u64>)> = Vec::new();
+        let mut appenders: Vec<AppendReply> = Vec::new();
         for request in batch.drain(..) {
             match request {
                 WriteRequest::Send { message, reply } => {
-                    sends += 1;
-                    waiters.push(Waiter::Send {
-                        reply,
-                        origin_session: message.origin_session,
-                    });
+                    senders.push((reply, message.origin_session));
                     work.push(Work::Send(message));
                 }
                 WriteRequest::Append { update, reply } => {
-                    waiters.push(Waiter::Append(reply));
+                    appenders.push(reply);
                     work.push(Work::Append(update));
                 }
             }
         }
-        if sends > 0 {
-            crate::metrics::observe_send_batch(sends);
+        if !senders.is_empty() {
+            crate::metrics::observe_send_batch(senders.len());
         }
         let stored = crate::metrics::timed(
             super::BACKEND,
@@ -166,89 +155,78 @@ impl Writer {
         )
         .await
         .and_then(|stored| stored);
+        // A writer may have given up waiting; what it wrote is stored
+        // either way (a retried send finds its message).
         match stored {
             Ok(outcomes) => {
-                for (waiter, outcome) in waiters.into_iter().zip(outcomes) {
-                    self.answer(waiter, outcome).await;
+                for ((reply, origin_session), stored) in senders.into_iter().zip(outcomes.sends) {
+                    let _ = reply.send(self.publish(stored, origin_session).await);
+                }
+                for (reply, appended) in appenders.into_iter().zip(outcomes.appends) {
+                    let _ = reply.send(appended);
                 }
             }
             Err(err) => {
-                tracing::warn!(error = %err, writes = waiters.len(), "a group of writes failed to commit");
-                let reason = err.to_string();
-                for waiter in waiters {
-                    let failed = || StorageError::Database(reason.clone());
-                    // A writer may have given up waiting; nothing to do.
-                    let _ = match waiter {
-                        Waiter::Send { reply, .. } => reply.send(Err(failed())).is_ok(),
-                        Waiter::Append(reply) => reply.send(Err(failed())).is_ok(),
-                    };
+                tracing::warn!(error = %err, writes = senders.len() + appenders.len(), "a group of writes failed to commit");
+                let failed = || StorageError::Database(err.to_string());
+                for (reply, _) in senders {
+                    let _ = reply.send(Err(failed()));
+                }
+                for reply in appenders {
+                    let _ = reply.send(Err(failed()));
                 }
             }
         }
     }
 
-    async fn answer(&self, waiter: Waiter, outcome: Outcome) {
-        match (waiter, outcome) {
-            (
-                Waiter::Send {
-                    reply,
-                    origin_session,
-                },
-                Outcome::Send(stored),
-            ) => {
-                let answer = match stored {
-                    Ok((outcome, recipients)) => {
-                        if let (SendOutcome::Sent(event), Some(recipients)) = (&outcome, recipients)
-                        {
-                            let committed = Committed {
-                                event: event.clone(),
-                                recipients,
-                                origin_session,
-                            };
-                            super::publish(&self.commit_tx, &self.commit_consumer, committed).await;
-                        }
-                        Ok(outcome)
-                    }
-                    Err(err) => Err(err),
-                };
-                // The sender may have given up waiting; the message is
-                // stored either way and a retry will find it.
-                let _ = reply.send(answer);
-            }
-            (Waiter::Append(reply), Outcome::Append(appended)) => {
-                let _ = reply.send(appended);
-            }
-            // `store` answers each piece of work with its own kind.
-            (Waiter::Send { reply, .. }, Outcome::Append(_)) => {
-                let _ = reply.send(Err(StorageError::Database("mismatched write".into())));
-            }
-            (Waiter::Append(reply), Outcome::Send(_)) => {
-                let _ = reply.send(Err(StorageError::Database("mismatched write".into())));
-            }
+    /// Hands a new message's event to the commit stream; returns the
+    /// sender's answer.
+    async fn publish(
+        &self,
+        stored: Stored,
+        origin_session: Option<u64>,
+    ) -> Result<SendOutcome, StorageError> {
+        let (outcome, recipients) = stored?;
+        if let (SendOutcome::Sent(event), Some(recipients)) = (&outcome, recipients) {
+            let committed = Committed {
+                event: event.clone(),
+                recipients,
+                origin_session,
+            };
+            super::publish(&self.commit_tx, &self.commit_consumer, committed).await;
         }
+        Ok(outcome)
     }
 }
 
 /// Stores the batch in one transaction and commits it (on the write
 /// thread). `Err` only when the transaction itself failed.
-fn store(connection: &mut Connection, work: &[Work]) -> Result<Vec<Outcome>, StorageError> {
+fn store(connection: &mut Connection, work: &[Work]) -> Result<Outcomes, StorageError> {
     let mut tx = connection
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(database)?;
-    let mut outcomes = Vec::with_capacity(work.len());
+    let mut outcomes = Outcomes::default();
     for piece in work {
         // Each write in its own savepoint: a refused one rolls back alone.
         let mut savepoint = tx.savepoint().map_err(database)?;
-        let outcome = match piece {
-            Work::Send(message) => Outcome::Send(store_send(&savepoint, message)),
-            Work::Append(update) => Outcome::Append(store_update(&savepoint, update)),
+        let refused = match piece {
+            Work::Send(message) => {
+                let stored = store_send(&savepoint, message);
+                let refused = stored.is_err();
+                outcomes.sends.push(stored);
+                refused
+            }
+            Work::Append(update) => {
+                let appended = store_update(&savepoint, update);
+                let refused = appended.is_err();
+                outcomes.appends.push(appended);
+                refused
+            }
         };
-        let refused = matches!(&outcome, Outcome::Send(Err(_)) | Outcome::Append(Err(_)));
         if refused {
             savepoint.rollback().map_err(database)?;
         }
         savepoint.commit().map_err(database)?;
-        outcomes.push(outcome);
     }
     tx.commit().map_err(database)?;
     Ok(outcomes)
