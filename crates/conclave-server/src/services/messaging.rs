@@ -511,14 +511,7 @@ async fn react(
             "emoji: 1 to {EMOJI_LEN_MAX_BYTES} bytes without spaces"
         )));
     }
-    let (_, member) = writable(
-        &ctx.state,
-        change.channel_id,
-        caller.user_id,
-        crate::unix_ms(),
-    )
-    .await?;
-    let message = visible_message(ctx, &member, change.message_id).await?;
+    let message = message_to_mark(ctx, change.channel_id, change.message_id).await?;
     let event = ctx
         .state
         .storage
@@ -594,14 +587,7 @@ async fn pin(
     pinned: bool,
 ) -> Result<ReactionChanged, ApiError> {
     let caller = ctx.caller()?;
-    let (_, member) = writable(
-        &ctx.state,
-        change.channel_id,
-        caller.user_id,
-        crate::unix_ms(),
-    )
-    .await?;
-    let message = visible_message(ctx, &member, change.message_id).await?;
+    let message = message_to_mark(ctx, change.channel_id, change.message_id).await?;
     let event = ctx
         .state
         .storage
@@ -703,6 +689,18 @@ async fn session_ready(ctx: RpcContext, _req: SessionReady) -> Result<ChannelPts
 }
 
 /// A message of the member's channel that the member may see.
+/// A message the caller may react to or pin: one they can see, in a
+/// channel they may write to now.
+async fn message_to_mark(
+    ctx: &RpcContext,
+    channel: ChannelId,
+    message: MessageId,
+) -> Result<MessageRecord, ApiError> {
+    let caller = ctx.caller()?;
+    let (_, member) = writable(&ctx.state, channel, caller.user_id, crate::unix_ms()).await?;
+    visible_message(ctx, &member, message).await
+}
+
 async fn visible_message(
     ctx: &RpcContext,
     member: &conclave_storage::MemberRecord,

@@ -161,8 +161,7 @@ async fn run(
             Some(event) = link.events.recv(), if session.is_live() => {
                 // Events that queued up meanwhile go out with it: one flush,
                 // so a busy session costs one write for many events.
-                let mut batch = Vec::with_capacity(1);
-                batch.push(push_message(encoding, &event));
+                let mut batch = vec![push_message(encoding, &event)];
                 while batch.len() < PUSH_BATCH_MAX {
                     match link.events.try_recv() {
                         Ok(event) => batch.push(push_message(encoding, &event)),
@@ -468,7 +467,11 @@ fn push_message(encoding: Encoding, event: &PushEvent) -> Message {
 }
 
 /// Writes `messages` in order and flushes once, all within `timeout`.
-async fn send_all(socket: &mut WebSocket, messages: Vec<Message>, timeout: Duration) -> Sent {
+async fn send_all(
+    socket: &mut WebSocket,
+    messages: impl IntoIterator<Item = Message>,
+    timeout: Duration,
+) -> Sent {
     let write = async {
         for message in messages {
             socket.feed(message).await?;
@@ -483,11 +486,7 @@ async fn send_all(socket: &mut WebSocket, messages: Vec<Message>, timeout: Durat
 }
 
 async fn send(socket: &mut WebSocket, message: Message, timeout: Duration) -> Sent {
-    match tokio::time::timeout(timeout, socket.send(message)).await {
-        Ok(Ok(())) => Sent::Done,
-        Ok(Err(_)) => Sent::Gone,
-        Err(_) => Sent::Stalled,
-    }
+    send_all(socket, [message], timeout).await
 }
 
 /// Ends the loop for a failed write; `None` when the write went through.
