@@ -168,6 +168,7 @@ async fn smoke() {
         idle.server_open
     );
     assert!(idle.server_rss_per_connection_bytes.is_some());
+    assert!(idle.server_rss_per_held_connection_bytes.is_some());
 
     // The same over TCP+Noise.
     let idle_tcp = connections::run(

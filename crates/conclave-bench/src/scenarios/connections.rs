@@ -93,6 +93,10 @@ pub struct ConnectionsResult {
     pub server_after_hold: ProcessSample,
     /// (RSS with all connections open - RSS before) / connections.
     pub server_rss_per_connection_bytes: Option<f64>,
+    /// The same at the end of the hold. Memory the connect burst used for a
+    /// moment (handshakes, the device writes) is returned to the system a
+    /// few seconds after the burst, so this is what held connections cost.
+    pub server_rss_per_held_connection_bytes: Option<f64>,
     /// Server CPU while the connections idled, in % of one core.
     pub server_idle_cpu_percent: Option<f64>,
     /// The load generator's own memory per connection (for scale).
@@ -228,6 +232,7 @@ pub async fn run(
         },
         dropped_during_hold,
         server_rss_per_connection_bytes: per_connection(&server_before, &server_open),
+        server_rss_per_held_connection_bytes: per_connection(&server_before, &server_after_hold),
         server_idle_cpu_percent: server_open.cpu_percent_until(&server_after_hold, held),
         loadgen_rss_per_connection_bytes: per_connection(&self_before, &self_open),
         server_before,
@@ -329,8 +334,16 @@ impl Outcome for ConnectionsResult {
                 },
             ),
             (
+                "server RSS after the hold".to_owned(),
+                opt(self.server_after_hold.rss_bytes.map(|b| b as f64), &bytes),
+            ),
+            (
                 "server RSS per connection".to_owned(),
                 opt(self.server_rss_per_connection_bytes, &bytes),
+            ),
+            (
+                "server RSS per held connection".to_owned(),
+                opt(self.server_rss_per_held_connection_bytes, &bytes),
             ),
             (
                 format!("server CPU idle ({:.0} s hold)", self.hold_secs),
