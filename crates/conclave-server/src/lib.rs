@@ -16,6 +16,7 @@ mod grpc;
 mod http;
 mod listener;
 pub mod logging;
+mod mailbox;
 mod metrics;
 mod passwords;
 mod permissions;

@@ -19,6 +19,8 @@ use conclave_protocol::{Frame, FrameType};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::mailbox::{Mailbox, Refused};
+
 /// An event to push, with its encodings computed at most once.
 pub(crate) struct PushEvent {
     pub name: std::borrow::Cow<'static, str>,
@@ -121,7 +123,7 @@ pub(crate) struct SessionHandle {
     pub user_id: UserId,
     pub device_id: DeviceId,
     pub transport: &'static str,
-    events: mpsc::Sender<Arc<PushEvent>>,
+    events: Mailbox<Arc<PushEvent>>,
     close: CancellationToken,
     reason: Mutex<Option<CloseReason>>,
     /// A close requested by the session's own in-flight request, carried out
@@ -189,7 +191,7 @@ fn entry_of(session: &SessionHandle) -> SessionEntry {
 fn deliver(session: &SessionHandle, event: &Arc<PushEvent>) -> bool {
     match session.events.try_send(event.clone()) {
         Ok(()) => true,
-        Err(mpsc::error::TrySendError::Full(_)) => {
+        Err(Refused::Full(_)) => {
             tracing::info!(
                 session = session.id,
                 "session queue full; disconnecting it to resync"
@@ -200,7 +202,7 @@ fn deliver(session: &SessionHandle, event: &Arc<PushEvent>) -> bool {
             );
             false
         }
-        Err(mpsc::error::TrySendError::Closed(_)) => false,
+        Err(Refused::Closed(_)) => false,
     }
 }
 
@@ -230,12 +232,19 @@ impl Registry {
 /// What the transport owns for its session.
 pub(crate) struct SessionLink {
     pub handle: Arc<SessionHandle>,
-    pub events: mpsc::Receiver<Arc<PushEvent>>,
     manager: Arc<SessionManager>,
+}
+
+impl SessionLink {
+    /// The events queued for this session.
+    pub fn events(&self) -> &Mailbox<Arc<PushEvent>> {
+        &self.handle.events
+    }
 }
 
 impl Drop for SessionLink {
     fn drop(&mut self) {
+        self.handle.events.close();
         self.manager.remove(&self.handle);
     }
 }
@@ -324,13 +333,12 @@ impl SessionManager {
         transport: &'static str,
         hold_events: bool,
     ) -> SessionLink {
-        let (events_tx, events_rx) = mpsc::channel(self.queue_frames);
         let handle = Arc::new(SessionHandle {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             user_id,
             device_id,
             transport,
-            events: events_tx,
+            events: Mailbox::new(self.queue_frames),
             close: CancellationToken::new(),
             reason: Mutex::new(None),
             close_after_reply: Mutex::new(None),
@@ -358,7 +366,6 @@ impl SessionManager {
         }
         SessionLink {
             handle,
-            events: events_rx,
             manager: self.clone(),
         }
     }
@@ -550,5 +557,56 @@ impl SessionManager {
             .values()
             .filter(|s| s.device_id == device)
             .count() as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manager(queue_frames: usize) -> Arc<SessionManager> {
+        let gauge = prometheus::IntGaugeVec::new(
+            prometheus::Opts::new("test_connections", "sessions"),
+            &["transport"],
+        )
+        .unwrap();
+        SessionManager::new(queue_frames, gauge, None)
+    }
+
+    #[tokio::test]
+    async fn events_arrive_in_order_and_a_full_queue_ends_the_session() {
+        let sessions = manager(2);
+        let user = UserId::new(7);
+        let link = sessions.open(user, DeviceId::new(1), "websocket", false);
+        for n in 1..=2 {
+            let event = PushEvent::new("test/event", serde_json::json!({ "n": n }));
+            assert_eq!(sessions.push_to_user(user, &event, None), 1);
+        }
+        assert!(!link.handle.closed().is_cancelled());
+
+        // A third event does not fit: the session is told to resync.
+        let event = PushEvent::new("test/event", serde_json::json!({ "n": 3 }));
+        assert_eq!(sessions.push_to_user(user, &event, None), 0);
+        assert!(link.handle.closed().is_cancelled());
+        assert_eq!(link.handle.reason().unwrap().code, ErrorCode::SlowConsumer);
+
+        let first = link.events().recv().await.unwrap();
+        let second = link.events().recv().await.unwrap();
+        assert_eq!(
+            (first.body["n"].clone(), second.body["n"].clone()),
+            (1.into(), 2.into())
+        );
+    }
+
+    #[tokio::test]
+    async fn an_ended_session_is_no_longer_a_target() {
+        let sessions = manager(8);
+        let user = UserId::new(7);
+        let link = sessions.open(user, DeviceId::new(1), "websocket", false);
+        let handle = link.handle.clone();
+        drop(link);
+        let event = PushEvent::new("test/event", serde_json::json!({}));
+        assert_eq!(sessions.push_to_user(user, &event, None), 0);
+        assert!(!deliver(&handle, &event));
     }
 }

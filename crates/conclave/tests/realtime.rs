@@ -431,3 +431,67 @@ async fn large_messages_page_by_size_instead_of_failing() {
         "the page ends at the newest"
     );
 }
+
+/// A client may pipeline far more requests than the session runs at once
+/// (`limits.session_requests_in_flight`, 32): 300 requests in one binary
+/// message are all answered, none lost and the session not stuck.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_of_many_requests_gets_every_answer() {
+    use conclave_protocol::{Decoded, Frame, FrameType, decode_frame};
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+
+    const REQUESTS: u64 = 300;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let http = HttpClient::new(&format!("http://{}", server.http));
+    let (alice, _) = devices(&http, "ada").await;
+
+    let url = format!(
+        "ws://{}/v1/ws?encoding=binary&token={}",
+        server.http, alice.grant.token
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let mut message = Vec::new();
+    for id in 1..=REQUESTS {
+        let payload = serde_json::json!({ "route": "device/list", "body": {} }).to_string();
+        let frame = Frame::new(FrameType::RpcRequest, 0, id, payload.into_bytes());
+        message.extend_from_slice(&frame.encode().unwrap());
+    }
+    socket.send(Message::Binary(message.into())).await.unwrap();
+
+    let mut answered = std::collections::BTreeSet::new();
+    while (answered.len() as u64) < REQUESTS {
+        let next = tokio::time::timeout(EVENT_WAIT, socket.next())
+            .await
+            .unwrap_or_else(|_| panic!("stuck after {} answers", answered.len()));
+        let Some(Ok(Message::Binary(bytes))) = next else {
+            panic!(
+                "the session ended after {} answers: {next:?}",
+                answered.len()
+            );
+        };
+        let mut rest = &bytes[..];
+        while !rest.is_empty() {
+            let Ok(Decoded::Frame { frame, consumed }) = decode_frame(rest) else {
+                panic!("a whole frame");
+            };
+            rest = &rest[consumed..];
+            if frame.frame_type != FrameType::RpcResponse {
+                continue;
+            }
+            let reply: serde_json::Value = serde_json::from_slice(&frame.payload).unwrap();
+            // Answered, one way or the other (the rate limit may refuse some).
+            assert!(
+                reply["ok"] == true || reply["error"]["code"] == "rate_limited",
+                "{reply}"
+            );
+            assert!(
+                answered.insert(frame.sequence),
+                "answered twice: {}",
+                frame.sequence
+            );
+        }
+    }
+    assert_eq!(answered, (1..=REQUESTS).collect());
+}

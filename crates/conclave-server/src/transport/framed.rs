@@ -11,9 +11,10 @@ use bytes::Bytes;
 use conclave_core::ErrorCode;
 use conclave_protocol::api::events;
 use conclave_protocol::{Frame, FrameType};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 
 use crate::api_error::ApiError;
+use crate::mailbox::Mailbox;
 use crate::rpc::{Caller, RpcContext};
 use crate::sessions::{CloseReason, PushEvent, SessionLink};
 use crate::state::AppState;
@@ -47,16 +48,18 @@ pub(crate) async fn run<W: FrameWire>(
     mut wire: W,
     early: Vec<Frame>,
 ) {
-    let mut link = link;
     let session = link.handle.clone();
     crate::transport::touch(&state, caller).await;
     let transport = session.transport;
     let limits = &state.config.limits;
     let in_flight = limits.session_requests_in_flight as usize;
-    // Each in-flight request holds a permit until its reply is queued, and the
-    // reply queue has room for every permit, so a reply never waits.
+    // Each in-flight request holds a permit until its reply is queued; the
+    // reply queue never refuses, so a reply never waits.
     let permits = Arc::new(Semaphore::new(in_flight));
-    let (reply_tx, mut reply_rx) = mpsc::channel::<Bytes>(in_flight);
+    // Not bounded by `in_flight`: a request's permit is released once its
+    // reply is queued, so while one read's many requests are started, more
+    // replies than permits may wait. One read bounds them.
+    let replies = Arc::new(Mailbox::<Bytes>::unbounded());
     let idle_timeout = Duration::from_millis(limits.idle_timeout_ms);
     let mut heartbeat = tokio::time::interval(Duration::from_millis(limits.heartbeat_interval_ms));
     heartbeat.reset();
@@ -86,13 +89,12 @@ pub(crate) async fn run<W: FrameWire>(
                             peer_ip,
                             transport,
                         };
-                        let replies = reply_tx.clone();
+                        let replies = replies.clone();
                         let routes = state.clone();
                         state.tasks.spawn(async move {
                             let result = routes.routes.dispatch(ctx, &route, body).await;
-                            let _ = replies
-                                .send(frames::response_frame(request_id, result))
-                                .await;
+                            // A closed mailbox means the session ended.
+                            let _ = replies.try_send(frames::response_frame(request_id, result));
                             drop(permit);
                         });
                     }
@@ -110,7 +112,7 @@ pub(crate) async fn run<W: FrameWire>(
         }
         tokio::select! {
             biased;
-            Some(reply) = reply_rx.recv() => {
+            Some(reply) = replies.recv() => {
                 if let Err(stop) = write(&mut wire, &reply, write_timeout).await {
                     break stop;
                 }
@@ -124,7 +126,7 @@ pub(crate) async fn run<W: FrameWire>(
             () = shutdown.cancelled() => {
                 break Some(reason(ErrorCode::ShuttingDown, "the server is shutting down; reconnect"));
             }
-            Some(event) = link.events.recv(), if session.is_live() => {
+            Some(event) = link.events().recv(), if session.is_live() => {
                 if let Err(stop) = write(&mut wire, &event.frame_bytes(), write_timeout).await {
                     break stop;
                 }
@@ -152,6 +154,7 @@ pub(crate) async fn run<W: FrameWire>(
         }
     };
 
+    replies.close();
     if let Some(reason) = &reason {
         if matches!(
             reason.code,

@@ -20,10 +20,11 @@ use conclave_core::limits::JSON_BODY_MAX_BYTES;
 use conclave_protocol::api::{JsonRequest, ResponsePayload, events};
 use conclave_protocol::{Decoded, FRAME_LEN_MAX_BYTES, decode_frame};
 use futures_util::SinkExt as _;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::api_error::ApiError;
 use crate::listener::PeerAddr;
+use crate::mailbox::Mailbox;
 use crate::rpc::{self, Caller, RpcContext};
 use crate::sessions::{CloseReason, PushEvent, SessionLink};
 use crate::state::AppState;
@@ -36,9 +37,11 @@ const CLOSE_NORMAL: u16 = 1000;
 const CLOSE_POLICY: u16 = 1008;
 const CLOSE_INTERNAL: u16 = 1011;
 
-/// Bytes tungstenite reads per syscall; small because most messages are
-/// small and idle connections should cost little memory.
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Bytes tungstenite reads per syscall. Its read buffer lives as long as
+/// the connection, so it is small: requests are a few hundred bytes, and
+/// an idle session should cost little memory. A larger message is read in
+/// several steps.
+const READ_BUFFER_BYTES: usize = 512;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Encoding {
@@ -108,109 +111,126 @@ enum Reply {
     Binary(Bytes),
 }
 
-async fn run(
+impl Reply {
+    fn into_message(self) -> Message {
+        match self {
+            Self::Json(text) => Message::Text(text.into()),
+            Self::Binary(bytes) => Message::Binary(bytes),
+        }
+    }
+}
+
+// An `async move` block rather than an `async fn`: an async fn's task keeps
+// a second copy of its arguments (the socket is 368 bytes), and every idle
+// session pays for its task's size.
+#[allow(clippy::manual_async_fn)]
+fn run(
     state: AppState,
-    mut link: SessionLink,
+    link: SessionLink,
     caller: Caller,
     peer_ip: IpAddr,
     mut socket: WebSocket,
     encoding: Encoding,
-) {
-    let session = link.handle.clone();
-    let caller = Caller {
-        session_id: Some(session.id),
-        ..caller
-    };
-    tracing::debug!(session = session.id, user = %caller.user_id, device = %caller.device_id, "websocket session open");
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        let session = link.handle.clone();
+        let caller = Caller {
+            session_id: Some(session.id),
+            ..caller
+        };
+        tracing::debug!(session = session.id, user = %caller.user_id, device = %caller.device_id, "websocket session open");
 
-    crate::transport::touch(&state, caller).await;
-    let limits = &state.config.limits;
-    let in_flight = limits.session_requests_in_flight as usize;
-    // Each in-flight request holds a permit until its reply is queued, and the
-    // reply queue has room for every permit, so a reply never waits.
-    let permits = Arc::new(Semaphore::new(in_flight));
-    let (reply_tx, mut reply_rx) = mpsc::channel::<Reply>(in_flight);
-    let idle_timeout = Duration::from_millis(limits.idle_timeout_ms);
-    let mut heartbeat = tokio::time::interval(Duration::from_millis(limits.heartbeat_interval_ms));
-    heartbeat.reset();
-    let mut last_heard = Instant::now();
-    let shutdown = state.shutdown.clone();
-    let write_timeout = Duration::from_millis(limits.write_timeout_ms);
+        // Awaits other than the idle wait are boxed: a session's task is as big
+        // as its largest await, and most sessions sit idle most of the time.
+        Box::pin(crate::transport::touch(&state, caller)).await;
+        let limits = &state.config.limits;
+        let in_flight = limits.session_requests_in_flight as usize;
+        // Each in-flight request holds a permit until its reply is queued; the
+        // reply queue never refuses, so a reply never waits.
+        let permits = Arc::new(Semaphore::new(in_flight));
+        // Not bounded by `in_flight`: a request's permit is released once its
+        // reply is queued, so while one message's many requests are read, more
+        // replies than permits may wait. One message bounds them.
+        let replies = Arc::new(Mailbox::<Reply>::unbounded());
+        let idle_timeout = Duration::from_millis(limits.idle_timeout_ms);
+        let mut heartbeat =
+            tokio::time::interval(Duration::from_millis(limits.heartbeat_interval_ms));
+        heartbeat.reset();
+        let mut last_heard = Instant::now();
+        let shutdown = state.shutdown.clone();
+        let write_timeout = Duration::from_millis(limits.write_timeout_ms);
 
-    let reason: CloseReason = loop {
-        tokio::select! {
-            biased;
-            Some(reply) = reply_rx.recv() => {
-                let message = match reply {
-                    Reply::Json(text) => Message::Text(text.into()),
-                    Reply::Binary(bytes) => Message::Binary(bytes),
-                };
-                if let Some(reason) = write_failed(send(&mut socket, message, write_timeout).await) {
-                    break reason;
-                }
-                if let Some(reason) = session.take_close_after_reply() {
-                    break reason;
-                }
-            }
-            () = session.closed().cancelled() => {
-                break session.reason().unwrap_or_else(|| closed_by(ErrorCode::SessionKicked, "session closed"));
-            }
-            () = shutdown.cancelled() => {
-                break closed_by(ErrorCode::ShuttingDown, "the server is shutting down; reconnect");
-            }
-            Some(event) = link.events.recv(), if session.is_live() => {
-                // Events that queued up meanwhile go out with it: one flush,
-                // so a busy session costs one write for many events.
-                let mut batch = vec![push_message(encoding, &event)];
-                while batch.len() < PUSH_BATCH_MAX {
-                    match link.events.try_recv() {
-                        Ok(event) => batch.push(push_message(encoding, &event)),
-                        Err(_) => break,
+        let reason: CloseReason = loop {
+            tokio::select! {
+                biased;
+                Some(reply) = replies.recv() => {
+                    // Replies that queued up meanwhile go out with it, one flush.
+                    let mut batch = vec![reply];
+                    replies.drain_into(&mut batch, PUSH_BATCH_MAX);
+                    if let Some(reason) = write_failed(send_all(&mut socket, batch.into_iter().map(Reply::into_message).collect::<Vec<_>>(), write_timeout).await) {
+                        break reason;
+                    }
+                    if let Some(reason) = session.take_close_after_reply() {
+                        break reason;
                     }
                 }
-                if let Some(reason) = write_failed(send_all(&mut socket, batch, write_timeout).await) {
-                    break reason;
+                () = session.closed().cancelled() => {
+                    break session.reason().unwrap_or_else(|| closed_by(ErrorCode::SessionKicked, "session closed"));
+                }
+                () = shutdown.cancelled() => {
+                    break closed_by(ErrorCode::ShuttingDown, "the server is shutting down; reconnect");
+                }
+                Some(event) = link.events().recv(), if session.is_live() => {
+                    // Events that queued up meanwhile go out with it: one flush,
+                    // so a busy session costs one write for many events.
+                    let mut batch = vec![event];
+                    link.events().drain_into(&mut batch, PUSH_BATCH_MAX);
+                    let messages: Vec<Message> = batch.iter().map(|event| push_message(encoding, event)).collect();
+                    if let Some(reason) = write_failed(send_all(&mut socket, messages, write_timeout).await) {
+                        break reason;
+                    }
+                }
+                message = socket.recv() => {
+                    last_heard = Instant::now();
+                    let message = match message {
+                        Some(Ok(message)) => message,
+                        Some(Err(err)) => {
+                            tracing::debug!(session = session.id, error = %err, "websocket read failed");
+                            break closed_by_peer();
+                        }
+                        None => break closed_by_peer(),
+                    };
+                    let outcome = match message {
+                        Message::Text(text) => {
+                            Box::pin(on_json(&state, caller, peer_ip, &permits, &replies, text.as_str(), &mut socket, write_timeout)).await
+                        }
+                        Message::Binary(bytes) => {
+                            Box::pin(on_binary(&state, caller, peer_ip, &permits, &replies, &bytes, &mut socket, write_timeout)).await
+                        }
+                        Message::Ping(_) | Message::Pong(_) => Ok(()),
+                        Message::Close(_) => break closed_by_peer(),
+                    };
+                    if let Err(reason) = outcome {
+                        break reason;
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if last_heard.elapsed() >= idle_timeout {
+                        break closed_by(ErrorCode::IdleTimeout, "no traffic from the client; closing");
+                    }
+                    if let Some(reason) = write_failed(send(&mut socket, Message::Ping(Bytes::new()), write_timeout).await) {
+                        break reason;
+                    }
                 }
             }
-            message = socket.recv() => {
-                last_heard = Instant::now();
-                let message = match message {
-                    Some(Ok(message)) => message,
-                    Some(Err(err)) => {
-                        tracing::debug!(session = session.id, error = %err, "websocket read failed");
-                        break closed_by_peer();
-                    }
-                    None => break closed_by_peer(),
-                };
-                let outcome = match message {
-                    Message::Text(text) => {
-                        on_json(&state, caller, peer_ip, &permits, &reply_tx, text.as_str(), &mut socket, write_timeout).await
-                    }
-                    Message::Binary(bytes) => {
-                        on_binary(&state, caller, peer_ip, &permits, &reply_tx, &bytes, &mut socket, write_timeout).await
-                    }
-                    Message::Ping(_) | Message::Pong(_) => Ok(()),
-                    Message::Close(_) => break closed_by_peer(),
-                };
-                if let Err(reason) = outcome {
-                    break reason;
-                }
-            }
-            _ = heartbeat.tick() => {
-                if last_heard.elapsed() >= idle_timeout {
-                    break closed_by(ErrorCode::IdleTimeout, "no traffic from the client; closing");
-                }
-                if let Some(reason) = write_failed(send(&mut socket, Message::Ping(Bytes::new()), write_timeout).await) {
-                    break reason;
-                }
-            }
-        }
-    };
+        };
 
-    say_goodbye(&mut socket, encoding, &reason, write_timeout).await;
-    crate::transport::touch(&state, caller).await;
-    tracing::debug!(session = session.id, code = %reason.code, "websocket session closed");
-    drop(link);
+        replies.close();
+        Box::pin(say_goodbye(&mut socket, encoding, &reason, write_timeout)).await;
+        Box::pin(crate::transport::touch(&state, caller)).await;
+        tracing::debug!(session = session.id, code = %reason.code, "websocket session closed");
+        drop(link);
+    }
 }
 
 /// Handles one JSON request: parse the envelope, then run it on its own task.
@@ -220,7 +240,7 @@ async fn on_json(
     caller: Caller,
     peer_ip: IpAddr,
     permits: &Arc<Semaphore>,
-    replies: &mpsc::Sender<Reply>,
+    replies: &Arc<Mailbox<Reply>>,
     text: &str,
     socket: &mut WebSocket,
     write_timeout: Duration,
@@ -275,7 +295,7 @@ async fn on_binary(
     caller: Caller,
     peer_ip: IpAddr,
     permits: &Arc<Semaphore>,
-    replies: &mpsc::Sender<Reply>,
+    replies: &Arc<Mailbox<Reply>>,
     bytes: &[u8],
     socket: &mut WebSocket,
     write_timeout: Duration,
@@ -341,7 +361,7 @@ fn spawn_call(
     caller: Caller,
     peer_ip: IpAddr,
     permit: OwnedSemaphorePermit,
-    replies: mpsc::Sender<Reply>,
+    replies: Arc<Mailbox<Reply>>,
     route: String,
     body: serde_json::Value,
     to_reply: impl FnOnce(Result<serde_json::Value, ApiError>) -> Reply + Send + 'static,
@@ -355,7 +375,8 @@ fn spawn_call(
     let routes = state.clone();
     state.tasks.spawn(async move {
         let result = routes.routes.dispatch(ctx, &route, body).await;
-        let _ = replies.send(to_reply(result)).await;
+        // A closed mailbox means the session ended and nobody waits for it.
+        let _ = replies.try_send(to_reply(result));
         drop(permit);
     });
 }
@@ -478,7 +499,8 @@ async fn send_all(
         }
         socket.flush().await
     };
-    match tokio::time::timeout(timeout, write).await {
+    // Boxed, so the session's task does not carry a write's state while idle.
+    match Box::pin(tokio::time::timeout(timeout, write)).await {
         Ok(Ok(())) => Sent::Done,
         Ok(Err(_)) => Sent::Gone,
         Err(_) => Sent::Stalled,
@@ -517,5 +539,26 @@ fn closed_by_peer() -> CloseReason {
     CloseReason {
         code: ErrorCode::Unavailable,
         message: String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn future_size<F, A, B, C, D, E, G, Fut>(_: F) -> usize
+    where
+        F: FnOnce(A, B, C, D, E, G) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// Every connected session is one task of this size, idle or not, so
+    /// work that is not the idle wait is boxed (see `run`). About 1.1 KiB
+    /// in a debug build; the bound leaves room for compiler changes.
+    #[test]
+    fn a_session_task_stays_small() {
+        let size = future_size(run);
+        assert!(size <= 1536, "the WebSocket session task is {size} bytes");
     }
 }
