@@ -27,6 +27,7 @@ mod services;
 mod sessions;
 mod shutdown;
 mod state;
+mod sync_pages;
 mod tls;
 mod tokens;
 mod transport;

@@ -16,6 +16,7 @@ use crate::ratelimit::RateLimits;
 use crate::rpc::RouteTable;
 use crate::secrets::ServerSecrets;
 use crate::sessions::SessionManager;
+use crate::sync_pages::{SYNC_PAGES_BUDGET_BYTES, SyncPages};
 
 /// Who this server is: its keys and the names clients pin.
 pub(crate) struct ServerIdentity {
@@ -44,6 +45,8 @@ pub(crate) struct Inner {
     pub documents: DocumentRooms,
     /// Where file bytes are stored, and the uploads in progress here.
     pub files: Files,
+    /// Sync pages answered recently, to answer them again cheaply.
+    pub sync_pages: SyncPages,
     /// Cancelled when the server starts shutting down.
     pub shutdown: CancellationToken,
     /// Every task the server spawns, so shutdown can wait for them.
@@ -82,6 +85,7 @@ impl AppState {
             rate_limits: RateLimits::new(&config.limits),
             documents,
             files,
+            sync_pages: SyncPages::new(SYNC_PAGES_BUDGET_BYTES),
             routes: RouteTable::new(),
             sessions,
             cluster,

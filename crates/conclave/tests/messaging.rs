@@ -1302,3 +1302,64 @@ async fn outsiders_are_refused_and_bad_input_changes_nothing() {
         .expect("react");
     assert_eq!(reacted.pts, Some(head + 1));
 }
+
+/// Devices that ask for the same page get the same answer, and the page
+/// asked for again after a revoke or a pin shows the change: a page the
+/// server keeps for devices that come back together never outlives it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_asked_for_again_after_a_revoke_or_pin_shows_the_change() {
+    use conclave_client::api::messaging::{MessagePin, MessagePinChange};
+
+    let env = Env::start("");
+    let alice = env.register("alice", "laptop").await;
+    let bob = env.register("bob", "laptop").await;
+    let bob_phone = env.login("bob", "phone").await;
+    let channel = env.direct(&alice, &bob).await;
+    let alice_http = env.as_user(&alice);
+    let mut sent = Vec::new();
+    for i in 0..3 {
+        let text = format!("text {i}");
+        let message = alice_http
+            .call(&send_text(channel, &format!("m{i}"), &text))
+            .await
+            .expect("message/send");
+        sent.push(message);
+    }
+    let (laptop, phone) = (env.as_user(&bob), env.as_user(&bob_phone));
+    let page = |http: HttpClient| async move {
+        let diff = http
+            .call(&difference(channel, 0))
+            .await
+            .expect("sync/get_difference");
+        serde_json::to_value(diff).unwrap()
+    };
+
+    let first = page(laptop.clone()).await;
+    assert_eq!(first["events"].as_array().map(Vec::len), Some(3));
+    assert_eq!(page(phone.clone()).await, first, "the same page for both");
+
+    alice_http
+        .call(&MessageRevoke {
+            channel_id: channel,
+            message_id: sent[1].message_id,
+        })
+        .await
+        .expect("message/revoke");
+    let revoked = page(phone.clone()).await;
+    assert_eq!(revoked["events"].as_array().map(Vec::len), Some(4));
+    assert_eq!(revoked["events"][1]["body"]["revoked"], json!(true));
+    assert_eq!(revoked["events"][1]["body"]["content"], json!(null));
+    assert_eq!(revoked["current_pts"], json!(4));
+
+    alice_http
+        .call(&MessagePin(MessagePinChange {
+            channel_id: channel,
+            message_id: sent[2].message_id,
+        }))
+        .await
+        .expect("message/pin");
+    let pinned = page(laptop).await;
+    assert_eq!(pinned["events"].as_array().map(Vec::len), Some(5));
+    assert_eq!(pinned["events"][2]["body"]["pinned"], json!(true));
+    assert_eq!(pinned["events"][1]["body"]["revoked"], json!(true));
+}

@@ -14,6 +14,7 @@ use crate::permissions::{
 };
 use crate::rpc::{RouteTable, RpcContext};
 use crate::services::files::{check_references, record_references};
+use crate::sync_pages::Page as SyncPage;
 
 const CLIENT_MSG_ID_LEN_MAX_BYTES: usize = 64;
 const FILE_ID_LEN_MAX_BYTES: usize = 128;
@@ -340,7 +341,7 @@ async fn history_get(ctx: RpcContext, req: HistoryGet) -> Result<HistoryPage, Ap
     let mut has_more = rows.len() > limit as usize;
     rows.truncate(limit as usize);
     // Newest first into the budget, so a cut page still ends at the newest.
-    let mut messages = within_budget(rows.iter().map(message_view));
+    let (mut messages, _) = within_budget(rows.iter().map(message_view));
     has_more |= messages.len() < rows.len();
     messages.reverse();
     Ok(HistoryPage { messages, has_more })
@@ -628,14 +629,39 @@ async fn get_difference(ctx: RpcContext, req: GetDifference) -> Result<Differenc
         ));
     }
     let limit = page(req.limit, DIFFERENCE_PAGE_DEFAULT, DIFFERENCE_PAGE_MAX);
+    // Devices that come back together ask for the same pages: a page read
+    // at the head just read is still exact.
+    let pages = &ctx.state.sync_pages;
+    if let Some(kept) = pages.get(req.channel_id, from, limit, channel.pts) {
+        return Ok(Difference {
+            events: kept.events.clone(),
+            current_pts: kept.head,
+            has_more: kept.has_more,
+        });
+    }
     let (events, head) = ctx
         .state
         .storage
         .messages()
         .events_after(req.channel_id, from, limit)
         .await?;
-    let events = within_budget(events.iter().map(channel_event));
+    let (events, bytes) = within_budget(events.iter().map(channel_event));
     let has_more = events.last().is_some_and(|e| e.pts < head);
+    // Kept only when nothing moved between the membership read and the page
+    // read, so the page belongs to the head it is filed under.
+    if head == channel.pts && !events.is_empty() {
+        pages.put(
+            req.channel_id,
+            from,
+            limit,
+            SyncPage {
+                head,
+                events: events.clone(),
+                has_more,
+                bytes,
+            },
+        );
+    }
     Ok(Difference {
         events,
         current_pts: head,
@@ -725,9 +751,9 @@ async fn visible_message(
 const PAGE_BUDGET_BYTES: usize = 192 * 1024;
 
 /// Takes items in order while their JSON fits [`PAGE_BUDGET_BYTES`] (the
-/// first one always, so a page is never empty); the caller reports the rest
-/// through `has_more`.
-fn within_budget<T: serde::Serialize>(items: impl Iterator<Item = T>) -> Vec<T> {
+/// first one always, so a page is never empty), with the bytes they take;
+/// the caller reports the rest through `has_more`.
+fn within_budget<T: serde::Serialize>(items: impl Iterator<Item = T>) -> (Vec<T>, usize) {
     let mut used = 0;
     let mut page = Vec::new();
     for item in items {
@@ -738,7 +764,7 @@ fn within_budget<T: serde::Serialize>(items: impl Iterator<Item = T>) -> Vec<T> 
         used += size;
         page.push(item);
     }
-    page
+    (page, used)
 }
 
 /// The length of `item` as JSON, counted without building the text.
