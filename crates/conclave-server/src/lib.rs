@@ -205,22 +205,19 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
             config.server.http_port
         )
     })?;
-    let admin_listener =
-        tokio::net::TcpListener::bind(SocketAddr::new(bind, config.server.admin_port))
-            .await
-            .with_context(|| {
-                format!(
-                    "binding the admin listener on {bind}:{}",
-                    config.server.admin_port
-                )
-            })?;
+    let admin_listener = listener::bind_tcp(SocketAddr::new(bind, config.server.admin_port))
+        .with_context(|| {
+            format!(
+                "binding the admin listener on {bind}:{}",
+                config.server.admin_port
+            )
+        })?;
     let quic_endpoint = transport::quic::bind(
         SocketAddr::new(bind, config.server.quic_port),
         tls,
         config.limits.idle_timeout_ms,
     )?;
-    let tcp_listener = tokio::net::TcpListener::bind(SocketAddr::new(bind, config.server.tcp_port))
-        .await
+    let tcp_listener = listener::bind_tcp(SocketAddr::new(bind, config.server.tcp_port))
         .with_context(|| {
             format!(
                 "binding the TCP listener on {bind}:{}",

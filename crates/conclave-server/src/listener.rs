@@ -19,6 +19,26 @@ use crate::metrics::Metrics;
 /// not turn the accept loop into a busy loop.
 const ACCEPT_ERROR_BACKOFF_MS: u64 = 50;
 
+/// Connections the kernel completes while the server has not accepted them
+/// yet (capped by `net.core.somaxconn`). The usual 128 is too few when many
+/// clients reconnect at once: the kernel drops the SYNs beyond it and those
+/// clients wait a second for the retransmission.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a TCP listener with room for a burst of connections.
+pub(crate) fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind` does: a restarted server may bind the port
+    // while connections of its previous run linger in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 pub(crate) struct CountingListener {
     inner: TcpListener,
     transport: &'static str,
@@ -45,7 +65,7 @@ impl CountingListener {
         deadlines: ReadDeadlines,
     ) -> io::Result<Self> {
         Ok(Self {
-            inner: TcpListener::bind(addr).await?,
+            inner: bind_tcp(addr)?,
             transport,
             slots,
             metrics,
@@ -189,5 +209,30 @@ impl AsyncWrite for CountedStream {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Many clients connecting at once all get through the handshake
+    /// before the server accepts any of them.
+    #[tokio::test]
+    async fn a_burst_of_connections_waits_in_the_backlog() {
+        const BURST: usize = 600;
+        let listener = bind_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connects = (0..BURST)
+            .map(|_| tokio::time::timeout(Duration::from_millis(800), TcpStream::connect(addr)));
+        let results = futures_util::future::join_all(connects).await;
+        let connected = results
+            .into_iter()
+            .filter(|r| matches!(r, Ok(Ok(_))))
+            .count();
+        assert_eq!(connected, BURST, "connections dropped by a full backlog");
+        drop(listener);
     }
 }
