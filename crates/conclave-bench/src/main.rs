@@ -14,6 +14,11 @@ use conclave_bench::scenarios::group::{self, GroupOptions};
 use conclave_bench::{Outcome, Progress, Report, Target};
 use serde::Serialize;
 
+/// mimalloc, like the server: the generator shares the machine with the
+/// server, and glibc's malloc made it a heavier neighbour than it need be.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit status when a run lost, duplicated or reordered messages (or a
 /// call failed).
 const EXIT_FAILED_VERIFICATION: u8 = 1;

@@ -29,6 +29,12 @@ pub(crate) type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// buffered.
 const MESSAGE_MAX_BYTES: usize = DECODER_BUFFER_MAX_BYTES;
 
+/// Bytes read per syscall. tungstenite's default (128 KiB) is kept for the
+/// connection's life and zero-filled before every read, which made a
+/// process holding thousands of connections spend its time clearing
+/// memory; a larger message is still read whole, in several steps.
+const READ_BUFFER_BYTES: usize = 16 * 1024;
+
 /// Opens and authenticates the WebSocket, from `local_addr` when given.
 pub(crate) async fn connect(
     base_url: &str,
@@ -48,7 +54,8 @@ pub(crate) async fn connect(
     request.headers_mut().insert(AUTHORIZATION, bearer);
     let config = WebSocketConfig::default()
         .max_message_size(Some(MESSAGE_MAX_BYTES))
-        .max_frame_size(Some(MESSAGE_MAX_BYTES));
+        .max_frame_size(Some(MESSAGE_MAX_BYTES))
+        .read_buffer_size(READ_BUFFER_BYTES);
     let connecting = async {
         let Some(local) = local_addr else {
             // Small request/response messages: Nagle's algorithm would only
