@@ -49,11 +49,6 @@ impl<T> Mailbox<T> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A queue without a bound of its own, for producers bounded otherwise.
-    pub fn unbounded() -> Self {
-        Self::new(usize::MAX)
-    }
-
     /// Queues `item` without waiting.
     pub fn try_send(&self, item: T) -> Result<(), Refused<T>> {
         {

@@ -11,12 +11,12 @@ use bytes::Bytes;
 use conclave_core::ErrorCode;
 use conclave_protocol::api::events;
 use conclave_protocol::{Frame, FrameType};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::api_error::ApiError;
 use crate::mailbox::Mailbox;
 use crate::rpc::{Caller, RpcContext};
-use crate::sessions::{CloseReason, PushEvent, SessionLink};
+use crate::sessions::{CloseReason, PushEvent, SessionHandle, SessionLink};
 use crate::state::AppState;
 use crate::transport::frames::{self, FrameAction};
 
@@ -53,13 +53,10 @@ pub(crate) async fn run<W: FrameWire>(
     let transport = session.transport;
     let limits = &state.config.limits;
     let in_flight = limits.session_requests_in_flight as usize;
-    // Each in-flight request holds a permit until its reply is queued; the
-    // reply queue never refuses, so a reply never waits.
+    // A request holds its permit until its reply is written, so the replies
+    // waiting never outnumber the permits (see `next_permit`).
     let permits = Arc::new(Semaphore::new(in_flight));
-    // Not bounded by `in_flight`: a request's permit is released once its
-    // reply is queued, so while one read's many requests are started, more
-    // replies than permits may wait. One read bounds them.
-    let replies = Arc::new(Mailbox::<Bytes>::unbounded());
+    let replies: Arc<Replies> = Arc::new(Mailbox::new(in_flight));
     let idle_timeout = Duration::from_millis(limits.idle_timeout_ms);
     let mut heartbeat = tokio::time::interval(Duration::from_millis(limits.heartbeat_interval_ms));
     heartbeat.reset();
@@ -80,8 +77,17 @@ pub(crate) async fn run<W: FrameWire>(
                         route,
                         body,
                     } => {
-                        let Ok(permit) = permits.clone().acquire_owned().await else {
-                            break 'session None;
+                        let permit = match next_permit(
+                            &permits,
+                            &replies,
+                            &mut wire,
+                            &session,
+                            write_timeout,
+                        )
+                        .await
+                        {
+                            Ok(permit) => permit,
+                            Err(stop) => break 'session stop,
                         };
                         let ctx = RpcContext {
                             state: state.clone(),
@@ -93,9 +99,11 @@ pub(crate) async fn run<W: FrameWire>(
                         let routes = state.clone();
                         state.tasks.spawn(async move {
                             let result = routes.routes.dispatch(ctx, &route, body).await;
-                            // A closed mailbox means the session ended.
-                            let _ = replies.try_send(frames::response_frame(request_id, result));
-                            drop(permit);
+                            // The permit travels with the reply until it is
+                            // written, so the mailbox has room; a closed one
+                            // means the session ended.
+                            let _ = replies
+                                .try_send((frames::response_frame(request_id, result), permit));
                         });
                     }
                     FrameAction::Reply(bytes) => {
@@ -113,11 +121,8 @@ pub(crate) async fn run<W: FrameWire>(
         tokio::select! {
             biased;
             Some(reply) = replies.recv() => {
-                if let Err(stop) = write(&mut wire, &reply, write_timeout).await {
+                if let Err(stop) = write_reply(reply, &mut wire, &session, write_timeout).await {
                     break stop;
-                }
-                if let Some(reason) = session.take_close_after_reply() {
-                    break Some(reason);
                 }
             }
             () = session.closed().cancelled() => {
@@ -174,6 +179,49 @@ pub(crate) async fn run<W: FrameWire>(
     wire.finish().await;
     crate::transport::touch(&state, caller).await;
     drop(link);
+}
+
+type Replies = Mailbox<(Bytes, OwnedSemaphorePermit)>;
+
+/// A permit for one more request. When every permit is taken, some may be
+/// held by replies waiting to be written: write those rather than wait on
+/// them (the loop is not draining replies while it starts requests).
+async fn next_permit<W: FrameWire>(
+    permits: &Arc<Semaphore>,
+    replies: &Replies,
+    wire: &mut W,
+    session: &SessionHandle,
+    write_timeout: Duration,
+) -> Result<OwnedSemaphorePermit, Option<CloseReason>> {
+    loop {
+        if let Ok(permit) = permits.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        tokio::select! {
+            biased;
+            Some(reply) = replies.recv() => {
+                write_reply(reply, wire, session, write_timeout).await?;
+            }
+            permit = permits.clone().acquire_owned() => {
+                return permit.map_err(|_| None);
+            }
+        }
+    }
+}
+
+/// Writes one reply and frees its permit; ends the session afterwards if
+/// the request asked for that (logout, revoking oneself).
+async fn write_reply<W: FrameWire>(
+    (reply, permit): (Bytes, OwnedSemaphorePermit),
+    wire: &mut W,
+    session: &SessionHandle,
+    write_timeout: Duration,
+) -> Result<(), Option<CloseReason>> {
+    write(wire, &reply, write_timeout).await?;
+    drop(permit);
+    session
+        .take_close_after_reply()
+        .map_or(Ok(()), |reason| Err(Some(reason)))
 }
 
 /// Writes with a deadline. `Err(None)`: the peer is gone; `Err(Some(..))`:

@@ -26,7 +26,7 @@ use crate::api_error::ApiError;
 use crate::listener::PeerAddr;
 use crate::mailbox::Mailbox;
 use crate::rpc::{self, Caller, RpcContext};
-use crate::sessions::{CloseReason, PushEvent, SessionLink};
+use crate::sessions::{CloseReason, PushEvent, SessionHandle, SessionLink};
 use crate::state::AppState;
 use crate::transport::bearer_token;
 use crate::transport::frames::{self, FrameAction};
@@ -145,13 +145,11 @@ fn run(
         Box::pin(crate::transport::touch(&state, caller)).await;
         let limits = &state.config.limits;
         let in_flight = limits.session_requests_in_flight as usize;
-        // Each in-flight request holds a permit until its reply is queued; the
-        // reply queue never refuses, so a reply never waits.
-        let permits = Arc::new(Semaphore::new(in_flight));
-        // Not bounded by `in_flight`: a request's permit is released once its
-        // reply is queued, so while one message's many requests are read, more
-        // replies than permits may wait. One message bounds them.
-        let replies = Arc::new(Mailbox::<Reply>::unbounded());
+        let requests = Requests {
+            permits: Arc::new(Semaphore::new(in_flight)),
+            replies: Arc::new(Mailbox::new(in_flight)),
+            session: session.clone(),
+        };
         let idle_timeout = Duration::from_millis(limits.idle_timeout_ms);
         let mut heartbeat =
             tokio::time::interval(Duration::from_millis(limits.heartbeat_interval_ms));
@@ -163,14 +161,8 @@ fn run(
         let reason: CloseReason = loop {
             tokio::select! {
                 biased;
-                Some(reply) = replies.recv() => {
-                    // Replies that queued up meanwhile go out with it, one flush.
-                    let mut batch = vec![reply];
-                    replies.drain_into(&mut batch, PUSH_BATCH_MAX);
-                    if let Some(reason) = write_failed(send_all(&mut socket, batch.into_iter().map(Reply::into_message).collect::<Vec<_>>(), write_timeout).await) {
-                        break reason;
-                    }
-                    if let Some(reason) = session.take_close_after_reply() {
+                Some(reply) = requests.replies.recv() => {
+                    if let Err(reason) = Box::pin(requests.write_replies(reply, &mut socket, write_timeout)).await {
                         break reason;
                     }
                 }
@@ -202,10 +194,10 @@ fn run(
                     };
                     let outcome = match message {
                         Message::Text(text) => {
-                            Box::pin(on_json(&state, caller, peer_ip, &permits, &replies, text.as_str(), &mut socket, write_timeout)).await
+                            Box::pin(on_json(&state, caller, peer_ip, &requests, text.as_str(), &mut socket, write_timeout)).await
                         }
                         Message::Binary(bytes) => {
-                            Box::pin(on_binary(&state, caller, peer_ip, &permits, &replies, &bytes, &mut socket, write_timeout)).await
+                            Box::pin(on_binary(&state, caller, peer_ip, &requests, &bytes, &mut socket, write_timeout)).await
                         }
                         Message::Ping(_) | Message::Pong(_) => Ok(()),
                         Message::Close(_) => break closed_by_peer(),
@@ -225,7 +217,7 @@ fn run(
             }
         };
 
-        replies.close();
+        requests.replies.close();
         Box::pin(say_goodbye(&mut socket, encoding, &reason, write_timeout)).await;
         Box::pin(crate::transport::touch(&state, caller)).await;
         tracing::debug!(session = session.id, code = %reason.code, "websocket session closed");
@@ -239,8 +231,7 @@ async fn on_json(
     state: &AppState,
     caller: Caller,
     peer_ip: IpAddr,
-    permits: &Arc<Semaphore>,
-    replies: &Arc<Mailbox<Reply>>,
+    requests: &Requests,
     text: &str,
     socket: &mut WebSocket,
     write_timeout: Duration,
@@ -274,13 +265,13 @@ async fn on_json(
             return write_failed(sent).map_or(Ok(()), Err);
         }
     };
-    let permit = acquire(permits).await?;
+    let permit = requests.permit(socket, write_timeout).await?;
     spawn_call(
         state,
         caller,
         peer_ip,
         permit,
-        replies.clone(),
+        requests.replies.clone(),
         request.route,
         request.body,
         move |result| Reply::Json(json_response(Some(request.id), result)),
@@ -294,8 +285,7 @@ async fn on_binary(
     state: &AppState,
     caller: Caller,
     peer_ip: IpAddr,
-    permits: &Arc<Semaphore>,
-    replies: &Arc<Mailbox<Reply>>,
+    requests: &Requests,
     bytes: &[u8],
     socket: &mut WebSocket,
     write_timeout: Duration,
@@ -321,13 +311,13 @@ async fn on_binary(
                 route,
                 body,
             } => {
-                let permit = acquire(permits).await?;
+                let permit = requests.permit(socket, write_timeout).await?;
                 spawn_call(
                     state,
                     caller,
                     peer_ip,
                     permit,
-                    replies.clone(),
+                    requests.replies.clone(),
                     route,
                     body,
                     move |result| Reply::Binary(frames::response_frame(request_id, result)),
@@ -347,12 +337,63 @@ async fn on_binary(
     Ok(())
 }
 
-async fn acquire(permits: &Arc<Semaphore>) -> Result<OwnedSemaphorePermit, CloseReason> {
-    permits
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(|_| closed_by(ErrorCode::Internal, "session is closing"))
+/// A session's requests in flight and their replies waiting to be written.
+///
+/// A request holds its permit until its reply is written, so the replies
+/// waiting never outnumber the permits. While a message carrying many
+/// requests is read, a request that finds no permit writes the waiting
+/// replies to free theirs instead of waiting on itself.
+struct Requests {
+    permits: Arc<Semaphore>,
+    replies: Arc<Replies>,
+    session: Arc<SessionHandle>,
+}
+
+type Replies = Mailbox<(Reply, OwnedSemaphorePermit)>;
+
+impl Requests {
+    /// A permit for one more request.
+    async fn permit(
+        &self,
+        socket: &mut WebSocket,
+        write_timeout: Duration,
+    ) -> Result<OwnedSemaphorePermit, CloseReason> {
+        loop {
+            if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+                return Ok(permit);
+            }
+            tokio::select! {
+                biased;
+                Some(reply) = self.replies.recv() => {
+                    Box::pin(self.write_replies(reply, socket, write_timeout)).await?;
+                }
+                permit = self.permits.clone().acquire_owned() => {
+                    return permit.map_err(|_| closed_by(ErrorCode::Internal, "session is closing"));
+                }
+            }
+        }
+    }
+
+    /// Writes `first` and the replies queued behind it with one flush, then
+    /// frees their permits.
+    async fn write_replies(
+        &self,
+        first: (Reply, OwnedSemaphorePermit),
+        socket: &mut WebSocket,
+        write_timeout: Duration,
+    ) -> Result<(), CloseReason> {
+        let mut batch = vec![first];
+        self.replies.drain_into(&mut batch, PUSH_BATCH_MAX);
+        let (messages, permits): (Vec<Message>, Vec<OwnedSemaphorePermit>) = batch
+            .into_iter()
+            .map(|(reply, permit)| (reply.into_message(), permit))
+            .unzip();
+        if let Some(reason) = write_failed(send_all(socket, messages, write_timeout).await) {
+            return Err(reason);
+        }
+        drop(permits);
+        self.session.take_close_after_reply().map_or(Ok(()), Err)
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -361,7 +402,7 @@ fn spawn_call(
     caller: Caller,
     peer_ip: IpAddr,
     permit: OwnedSemaphorePermit,
-    replies: Arc<Mailbox<Reply>>,
+    replies: Arc<Replies>,
     route: String,
     body: serde_json::Value,
     to_reply: impl FnOnce(Result<serde_json::Value, ApiError>) -> Reply + Send + 'static,
@@ -375,9 +416,9 @@ fn spawn_call(
     let routes = state.clone();
     state.tasks.spawn(async move {
         let result = routes.routes.dispatch(ctx, &route, body).await;
-        // A closed mailbox means the session ended and nobody waits for it.
-        let _ = replies.try_send(to_reply(result));
-        drop(permit);
+        // The permit travels with the reply until it is written, so the
+        // mailbox has room; a closed one means the session ended.
+        let _ = replies.try_send((to_reply(result), permit));
     });
 }
 
