@@ -22,9 +22,9 @@ use crate::state::AppState;
 use crate::transport::framed::{self, FrameWire};
 
 /// Bytes read per call once the tunnel is up. The opener gathers a chunk
-/// across reads, so this need not hold a whole Noise message (64 KiB); a
-/// small buffer keeps an idle connection small, since an allocator may
-/// touch every page of a zeroed buffer.
+/// across reads, so this need not hold a whole Noise message (64 KiB). The
+/// buffer exists only while bytes are being read: an idle session waits
+/// for the socket to become readable without one.
 const READ_CHUNK_BYTES: usize = 8 * 1024;
 
 /// Plaintext buffered during the handshake. Handshake frames are small JSON
@@ -100,7 +100,6 @@ async fn handle(state: AppState, stream: TcpStream, peer: SocketAddr) {
                 sealer,
                 opener,
                 sealed: Vec::new(),
-                buffer: vec![0u8; READ_CHUNK_BYTES].into_boxed_slice(),
             };
             if let Err(err) = pushed {
                 let _ = wire
@@ -328,24 +327,30 @@ struct NoiseWire {
     sealer: Sealer,
     opener: Opener,
     sealed: Vec<u8>,
-    buffer: Box<[u8]>,
 }
 
 impl FrameWire for NoiseWire {
     async fn read_frames(&mut self, out: &mut Vec<Frame>) -> Result<bool, ApiError> {
-        let room = self
-            .opener
-            .remaining_ciphertext_capacity()
-            .min(self.buffer.len())
-            .max(1);
-        let read = match self.read.read(&mut self.buffer[..room]).await {
-            Ok(0) | Err(_) => return Ok(false),
-            Ok(read) => read,
+        // Cancel-safe: the only wait is for readiness; the read itself and
+        // what follows do not wait.
+        let buffer = loop {
+            if self.read.readable().await.is_err() {
+                return Ok(false);
+            }
+            let room = self
+                .opener
+                .remaining_ciphertext_capacity()
+                .clamp(1, READ_CHUNK_BYTES);
+            let mut buffer = Vec::with_capacity(room);
+            match self.read.try_read_buf(&mut buffer) {
+                Ok(0) => return Ok(false),
+                Ok(_) => break buffer,
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return Ok(false),
+            }
         };
         let violation = |err: TunnelError| ApiError::new(err.error_code(), err.to_string());
-        self.opener
-            .push_ciphertext(&self.buffer[..read])
-            .map_err(violation)?;
+        self.opener.push_ciphertext(&buffer).map_err(violation)?;
         drain(&mut self.opener, out).map_err(violation)?;
         Ok(true)
     }
