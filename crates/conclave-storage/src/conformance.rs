@@ -700,13 +700,8 @@ pub async fn concurrent_inbox_appends_stay_contiguous(storage: Arc<dyn Storage>)
 pub async fn concurrent_sends_stay_exact_when_some_are_refused(storage: Arc<dyn Storage>) {
     let (a, b) = (user(&storage, "ann").await, user(&storage, "ben").await);
     let outsider = user(&storage, "cat").await;
-    let channel = storage
-        .messages()
-        .direct_channel(a, b, 5)
-        .await
-        .unwrap()
-        .0
-        .id;
+    let (channel, _) = storage.messages().direct_channel(a, b, 5).await.unwrap();
+    let channel = channel.id;
     let mut tasks = Vec::new();
     for i in 0..200u32 {
         let storage = storage.clone();
@@ -890,13 +885,8 @@ pub async fn compaction_replaces_a_prefix_of_the_log(storage: Arc<dyn Storage>) 
 
 pub async fn mixed_writes_commit_together_and_refusals_stay_alone(storage: Arc<dyn Storage>) {
     let (a, b) = (user(&storage, "ann").await, user(&storage, "ben").await);
-    let channel = storage
-        .messages()
-        .direct_channel(a, b, 5)
-        .await
-        .unwrap()
-        .0
-        .id;
+    let (channel, _) = storage.messages().direct_channel(a, b, 5).await.unwrap();
+    let channel = channel.id;
     let doc = storage
         .documents()
         .create_document("d", a, None, 1)
