@@ -10,6 +10,7 @@ pub(crate) mod hocuspocus;
 pub(crate) mod http_api;
 pub(crate) mod json_docs;
 pub(crate) mod quic;
+pub(crate) mod requests;
 pub(crate) mod tcp;
 pub(crate) mod ws;
 

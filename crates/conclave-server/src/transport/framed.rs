@@ -4,21 +4,19 @@
 
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use conclave_core::ErrorCode;
 use conclave_protocol::api::events;
 use conclave_protocol::{Frame, FrameType};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::api_error::ApiError;
-use crate::mailbox::Mailbox;
 use crate::rpc::{Caller, RpcContext};
-use crate::sessions::{CloseReason, PushEvent, SessionHandle, SessionLink};
+use crate::sessions::{CloseReason, PushEvent, SessionLink};
 use crate::state::AppState;
 use crate::transport::frames::{self, FrameAction};
+use crate::transport::requests::{ReplyWriter, Requests};
 
 /// A byte pipe that carries CCP-1 frames (decrypting and re-framing as its
 /// transport requires).
@@ -53,10 +51,7 @@ pub(crate) async fn run<W: FrameWire>(
     let transport = session.transport;
     let limits = &state.config.limits;
     let in_flight = limits.session_requests_in_flight as usize;
-    // A request holds its permit until its reply is written, so the replies
-    // waiting never outnumber the permits (see `next_permit`).
-    let permits = Arc::new(Semaphore::new(in_flight));
-    let replies: Arc<Replies> = Arc::new(Mailbox::new(in_flight));
+    let requests = Requests::new(in_flight, session.clone());
     let idle_timeout = Duration::from_millis(limits.idle_timeout_ms);
     let mut heartbeat = tokio::time::interval(Duration::from_millis(limits.heartbeat_interval_ms));
     heartbeat.reset();
@@ -77,15 +72,11 @@ pub(crate) async fn run<W: FrameWire>(
                         route,
                         body,
                     } => {
-                        let permit = match next_permit(
-                            &permits,
-                            &replies,
-                            &mut wire,
-                            &session,
-                            write_timeout,
-                        )
-                        .await
-                        {
+                        let mut out = Out {
+                            wire: &mut wire,
+                            timeout: write_timeout,
+                        };
+                        let permit = match requests.permit(&mut out).await {
                             Ok(permit) => permit,
                             Err(stop) => break 'session stop,
                         };
@@ -95,7 +86,7 @@ pub(crate) async fn run<W: FrameWire>(
                             peer_ip,
                             transport,
                         };
-                        let replies = replies.clone();
+                        let replies = requests.replies().clone();
                         let routes = state.clone();
                         state.tasks.spawn(async move {
                             let result = routes.routes.dispatch(ctx, &route, body).await;
@@ -120,8 +111,9 @@ pub(crate) async fn run<W: FrameWire>(
         }
         tokio::select! {
             biased;
-            Some(reply) = replies.recv() => {
-                if let Err(stop) = write_reply(reply, &mut wire, &session, write_timeout).await {
+            Some(reply) = requests.replies().recv() => {
+                let mut out = Out { wire: &mut wire, timeout: write_timeout };
+                if let Err(stop) = requests.write_replies(reply, &mut out).await {
                     break stop;
                 }
             }
@@ -159,7 +151,7 @@ pub(crate) async fn run<W: FrameWire>(
         }
     };
 
-    replies.close();
+    requests.close();
     if let Some(reason) = &reason {
         if matches!(
             reason.code,
@@ -181,47 +173,21 @@ pub(crate) async fn run<W: FrameWire>(
     drop(link);
 }
 
-type Replies = Mailbox<(Bytes, OwnedSemaphorePermit)>;
-
-/// A permit for one more request. When every permit is taken, some may be
-/// held by replies waiting to be written: write those rather than wait on
-/// them (the loop is not draining replies while it starts requests).
-async fn next_permit<W: FrameWire>(
-    permits: &Arc<Semaphore>,
-    replies: &Replies,
-    wire: &mut W,
-    session: &SessionHandle,
-    write_timeout: Duration,
-) -> Result<OwnedSemaphorePermit, Option<CloseReason>> {
-    loop {
-        if let Ok(permit) = permits.clone().try_acquire_owned() {
-            return Ok(permit);
-        }
-        tokio::select! {
-            biased;
-            Some(reply) = replies.recv() => {
-                write_reply(reply, wire, session, write_timeout).await?;
-            }
-            permit = permits.clone().acquire_owned() => {
-                return permit.map_err(|_| None);
-            }
-        }
-    }
+/// The session's wire, as where its replies go.
+struct Out<'a, W> {
+    wire: &'a mut W,
+    timeout: Duration,
 }
 
-/// Writes one reply and frees its permit; ends the session afterwards if
-/// the request asked for that (logout, revoking oneself).
-async fn write_reply<W: FrameWire>(
-    (reply, permit): (Bytes, OwnedSemaphorePermit),
-    wire: &mut W,
-    session: &SessionHandle,
-    write_timeout: Duration,
-) -> Result<(), Option<CloseReason>> {
-    write(wire, &reply, write_timeout).await?;
-    drop(permit);
-    session
-        .take_close_after_reply()
-        .map_or(Ok(()), |reason| Err(Some(reason)))
+impl<W: FrameWire> ReplyWriter<Bytes> for Out<'_, W> {
+    type Stop = Option<CloseReason>;
+
+    async fn write_replies(&mut self, replies: Vec<Bytes>) -> Result<(), Option<CloseReason>> {
+        match replies.as_slice() {
+            [one] => write(self.wire, one, self.timeout).await,
+            _ => write(self.wire, &replies.concat(), self.timeout).await,
+        }
+    }
 }
 
 /// Writes with a deadline. `Err(None)`: the peer is gone; `Err(Some(..))`:

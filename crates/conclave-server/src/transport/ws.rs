@@ -20,16 +20,16 @@ use conclave_core::limits::JSON_BODY_MAX_BYTES;
 use conclave_protocol::api::{JsonRequest, ResponsePayload, events};
 use conclave_protocol::{Decoded, FRAME_LEN_MAX_BYTES, decode_frame};
 use futures_util::SinkExt as _;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::api_error::ApiError;
 use crate::listener::PeerAddr;
-use crate::mailbox::Mailbox;
 use crate::rpc::{self, Caller, RpcContext};
-use crate::sessions::{CloseReason, PushEvent, SessionHandle, SessionLink};
+use crate::sessions::{CloseReason, PushEvent, SessionLink};
 use crate::state::AppState;
 use crate::transport::bearer_token;
 use crate::transport::frames::{self, FrameAction};
+use crate::transport::requests::{ReplyQueue, ReplyWriter, Requests};
 
 /// WebSocket close codes: 1000 for an orderly end (kicked, shutdown), 1008
 /// when the client broke the protocol, 1011 when the server failed.
@@ -145,11 +145,7 @@ fn run(
         Box::pin(crate::transport::touch(&state, caller)).await;
         let limits = &state.config.limits;
         let in_flight = limits.session_requests_in_flight as usize;
-        let requests = Requests {
-            permits: Arc::new(Semaphore::new(in_flight)),
-            replies: Arc::new(Mailbox::new(in_flight)),
-            session: session.clone(),
-        };
+        let requests = Requests::new(in_flight, session.clone());
         let idle_timeout = Duration::from_millis(limits.idle_timeout_ms);
         let mut heartbeat =
             tokio::time::interval(Duration::from_millis(limits.heartbeat_interval_ms));
@@ -161,8 +157,9 @@ fn run(
         let reason: CloseReason = loop {
             tokio::select! {
                 biased;
-                Some(reply) = requests.replies.recv() => {
-                    if let Err(reason) = Box::pin(requests.write_replies(reply, &mut socket, write_timeout)).await {
+                Some(reply) = requests.replies().recv() => {
+                    let mut out = Out { socket: &mut socket, timeout: write_timeout };
+                    if let Err(reason) = Box::pin(requests.write_replies(reply, &mut out)).await {
                         break reason;
                     }
                 }
@@ -217,7 +214,7 @@ fn run(
             }
         };
 
-        requests.replies.close();
+        requests.close();
         Box::pin(say_goodbye(&mut socket, encoding, &reason, write_timeout)).await;
         Box::pin(crate::transport::touch(&state, caller)).await;
         tracing::debug!(session = session.id, code = %reason.code, "websocket session closed");
@@ -231,7 +228,7 @@ async fn on_json(
     state: &AppState,
     caller: Caller,
     peer_ip: IpAddr,
-    requests: &Requests,
+    requests: &Requests<Reply>,
     text: &str,
     socket: &mut WebSocket,
     write_timeout: Duration,
@@ -265,13 +262,18 @@ async fn on_json(
             return write_failed(sent).map_or(Ok(()), Err);
         }
     };
-    let permit = requests.permit(socket, write_timeout).await?;
+    let permit = requests
+        .permit(&mut Out {
+            socket: &mut *socket,
+            timeout: write_timeout,
+        })
+        .await?;
     spawn_call(
         state,
         caller,
         peer_ip,
         permit,
-        requests.replies.clone(),
+        requests.replies().clone(),
         request.route,
         request.body,
         move |result| Reply::Json(json_response(Some(request.id), result)),
@@ -285,7 +287,7 @@ async fn on_binary(
     state: &AppState,
     caller: Caller,
     peer_ip: IpAddr,
-    requests: &Requests,
+    requests: &Requests<Reply>,
     bytes: &[u8],
     socket: &mut WebSocket,
     write_timeout: Duration,
@@ -311,13 +313,18 @@ async fn on_binary(
                 route,
                 body,
             } => {
-                let permit = requests.permit(socket, write_timeout).await?;
+                let permit = requests
+                    .permit(&mut Out {
+                        socket: &mut *socket,
+                        timeout: write_timeout,
+                    })
+                    .await?;
                 spawn_call(
                     state,
                     caller,
                     peer_ip,
                     permit,
-                    requests.replies.clone(),
+                    requests.replies().clone(),
                     route,
                     body,
                     move |result| Reply::Binary(frames::response_frame(request_id, result)),
@@ -337,62 +344,18 @@ async fn on_binary(
     Ok(())
 }
 
-/// A session's requests in flight and their replies waiting to be written.
-///
-/// A request holds its permit until its reply is written, so the replies
-/// waiting never outnumber the permits. While a message carrying many
-/// requests is read, a request that finds no permit writes the waiting
-/// replies to free theirs instead of waiting on itself.
-struct Requests {
-    permits: Arc<Semaphore>,
-    replies: Arc<Replies>,
-    session: Arc<SessionHandle>,
+/// The session's socket, as where its replies go.
+struct Out<'a> {
+    socket: &'a mut WebSocket,
+    timeout: Duration,
 }
 
-type Replies = Mailbox<(Reply, OwnedSemaphorePermit)>;
+impl ReplyWriter<Reply> for Out<'_> {
+    type Stop = CloseReason;
 
-impl Requests {
-    /// A permit for one more request.
-    async fn permit(
-        &self,
-        socket: &mut WebSocket,
-        write_timeout: Duration,
-    ) -> Result<OwnedSemaphorePermit, CloseReason> {
-        loop {
-            if let Ok(permit) = self.permits.clone().try_acquire_owned() {
-                return Ok(permit);
-            }
-            tokio::select! {
-                biased;
-                Some(reply) = self.replies.recv() => {
-                    Box::pin(self.write_replies(reply, socket, write_timeout)).await?;
-                }
-                permit = self.permits.clone().acquire_owned() => {
-                    return permit.map_err(|_| closed_by(ErrorCode::Internal, "session is closing"));
-                }
-            }
-        }
-    }
-
-    /// Writes `first` and the replies queued behind it with one flush, then
-    /// frees their permits.
-    async fn write_replies(
-        &self,
-        first: (Reply, OwnedSemaphorePermit),
-        socket: &mut WebSocket,
-        write_timeout: Duration,
-    ) -> Result<(), CloseReason> {
-        let mut batch = vec![first];
-        self.replies.drain_into(&mut batch, PUSH_BATCH_MAX);
-        let (messages, permits): (Vec<Message>, Vec<OwnedSemaphorePermit>) = batch
-            .into_iter()
-            .map(|(reply, permit)| (reply.into_message(), permit))
-            .unzip();
-        if let Some(reason) = write_failed(send_all(socket, messages, write_timeout).await) {
-            return Err(reason);
-        }
-        drop(permits);
-        self.session.take_close_after_reply().map_or(Ok(()), Err)
+    async fn write_replies(&mut self, replies: Vec<Reply>) -> Result<(), CloseReason> {
+        let messages: Vec<Message> = replies.into_iter().map(Reply::into_message).collect();
+        write_failed(send_all(self.socket, messages, self.timeout).await).map_or(Ok(()), Err)
     }
 }
 
@@ -402,7 +365,7 @@ fn spawn_call(
     caller: Caller,
     peer_ip: IpAddr,
     permit: OwnedSemaphorePermit,
-    replies: Arc<Replies>,
+    replies: Arc<ReplyQueue<Reply>>,
     route: String,
     body: serde_json::Value,
     to_reply: impl FnOnce(Result<serde_json::Value, ApiError>) -> Reply + Send + 'static,
