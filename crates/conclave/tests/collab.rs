@@ -425,6 +425,11 @@ async fn an_idle_document_stays_loaded_for_a_while_then_unloads() {
         hex("00 00 03 01 01 02"),
         "loaded from storage with the edit"
     );
+    // The server's log is read as it is written: give the line a moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while loads() < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(loads(), 2);
 }
 
