@@ -9,6 +9,7 @@ use conclave_core::ChannelId;
 use conclave_protocol::api::{AckPayload, EventPayload, Route};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -332,8 +333,8 @@ impl Connection {
     /// response type.
     pub async fn call<R: Route>(&self, request: &R) -> Result<R::Response, ClientError> {
         let body = envelope::to_body(R::NAME, request)?;
-        let response = self.call_raw(R::NAME, body).await?;
-        envelope::typed(R::NAME, response)
+        let response = self.timed_exchange(R::NAME, body).await?;
+        envelope::typed(R::NAME, &response)
     }
 
     /// Calls a route with any JSON body and returns the response body as is.
@@ -342,12 +343,17 @@ impl Connection {
     ///
     /// As [`Connection::call`], without the type check.
     pub async fn call_raw(&self, route: &str, body: Value) -> Result<Value, ClientError> {
+        let response = self.timed_exchange(route, body).await?;
+        envelope::typed(route, &response)
+    }
+
+    async fn timed_exchange(&self, route: &str, body: Value) -> Result<Box<RawValue>, ClientError> {
         tokio::time::timeout(self.request_timeout, self.exchange(route, body))
             .await
             .map_err(|_| ClientError::Timeout("a response"))?
     }
 
-    async fn exchange(&self, route: &str, body: Value) -> Result<Value, ClientError> {
+    async fn exchange(&self, route: &str, body: Value) -> Result<Box<RawValue>, ClientError> {
         if self.close.borrow().is_some() {
             return Err(self.closed_error());
         }

@@ -4,16 +4,18 @@
 use conclave_protocol::api::{ErrorBody, ResponsePayload};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::error::ClientError;
 
-/// The outcome a response envelope carries.
-pub(crate) fn response_result(payload: ResponsePayload) -> Result<Value, ClientError> {
+/// The outcome a response envelope carries. The body stays encoded until
+/// the caller parses it into the route's type.
+pub(crate) fn response_result(
+    payload: ResponsePayload<Box<RawValue>>,
+) -> Result<Box<RawValue>, ClientError> {
     if payload.ok {
         // Every route answers with an object; an absent body is the empty one.
-        Ok(payload
-            .body
-            .unwrap_or_else(|| Value::Object(serde_json::Map::new())))
+        Ok(payload.body.unwrap_or_else(empty_object))
     } else {
         Err(payload.error.map_or_else(
             || ClientError::Protocol("a failed response carries no error object".to_owned()),
@@ -22,8 +24,22 @@ pub(crate) fn response_result(payload: ResponsePayload) -> Result<Value, ClientE
     }
 }
 
+fn empty_object() -> Box<RawValue> {
+    RawValue::from_string("{}".to_owned()).unwrap_or_else(|_| unreachable!("`{{}}` is JSON"))
+}
+
 /// Parses a response body into the route's response type.
-pub(crate) fn typed<T: DeserializeOwned>(route: &str, body: Value) -> Result<T, ClientError> {
+pub(crate) fn typed<T: DeserializeOwned>(route: &str, body: &RawValue) -> Result<T, ClientError> {
+    serde_json::from_str(body.get()).map_err(|err| {
+        ClientError::Protocol(format!(
+            "the response of `{route}` does not match its type: {err}"
+        ))
+    })
+}
+
+/// Parses a response body read as a JSON tree into the route's response
+/// type.
+pub(crate) fn typed_value<T: DeserializeOwned>(route: &str, body: Value) -> Result<T, ClientError> {
     serde_json::from_value(body).map_err(|err| {
         ClientError::Protocol(format!(
             "the response of `{route}` does not match its type: {err}"

@@ -71,7 +71,7 @@ impl HttpClient {
     pub async fn call<R: Route>(&self, request: &R) -> Result<R::Response, ClientError> {
         let body = envelope::to_body(R::NAME, request)?;
         let response = self.call_raw(R::NAME, body).await?;
-        envelope::typed(R::NAME, response)
+        envelope::typed_value(R::NAME, response)
     }
 
     /// Calls a route with any JSON body and returns the response body as is.

@@ -10,6 +10,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -23,7 +24,7 @@ pub(crate) enum Inbound<O> {
     /// The answer to request `id`.
     Response {
         id: u64,
-        result: Result<Value, ClientError>,
+        result: Result<Box<RawValue>, ClientError>,
     },
     Event(Event),
     /// The server is about to close the connection, and says why.
@@ -68,7 +69,7 @@ pub(crate) struct Command {
     pub id: u64,
     pub route: String,
     pub body: Value,
-    pub reply: oneshot::Sender<Result<Value, ClientError>>,
+    pub reply: oneshot::Sender<Result<Box<RawValue>, ClientError>>,
 }
 
 /// Timings of one connection (see [`crate::ConnectOptions`]).
@@ -89,7 +90,7 @@ pub(crate) struct Session<W> {
 }
 
 /// The table of calls awaiting a response.
-type Pending = HashMap<u64, oneshot::Sender<Result<Value, ClientError>>>;
+type Pending = HashMap<u64, oneshot::Sender<Result<Box<RawValue>, ClientError>>>;
 
 impl<W: Wire> Session<W> {
     pub(crate) async fn run(self) {

@@ -85,14 +85,16 @@ pub struct JsonRequest {
 }
 
 /// The payload of a binary `RpcResponse` frame, and (with `id`) a JSON-mode
-/// response.
+/// response. The body is a JSON tree by default; a sender holding encoded
+/// JSON, or a reader that parses the body into a type later, uses
+/// `Box<serde_json::value::RawValue>`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ResponsePayload {
+pub struct ResponsePayload<B = serde_json::Value> {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<u64>,
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub body: Option<serde_json::Value>,
+    pub body: Option<B>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorBody>,
 }

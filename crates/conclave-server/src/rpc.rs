@@ -16,6 +16,7 @@ use conclave_core::{DeviceId, ErrorCode, UserId};
 use conclave_protocol::api::{Access, Route};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::api_error::ApiError;
 use crate::state::AppState;
@@ -51,7 +52,11 @@ impl RpcContext {
     }
 }
 
-type BoxedFuture = Pin<Box<dyn Future<Output = Result<Value, ApiError>> + Send>>;
+/// A route's answer, already encoded: transports copy it into their
+/// envelope as it is, without building a JSON tree per call.
+pub(crate) type Answer = Box<RawValue>;
+
+type BoxedFuture = Pin<Box<dyn Future<Output = Result<Answer, ApiError>> + Send>>;
 type Handler = Box<dyn Fn(RpcContext, Value) -> BoxedFuture + Send + Sync>;
 
 pub(crate) struct RouteTable {
@@ -82,17 +87,24 @@ impl RouteTable {
         F: Fn(RpcContext, R) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<R::Response, ApiError>> + Send + 'static,
     {
-        let boxed: Handler = Box::new(move |ctx, body| {
-            let request = match parse_body::<R>(body) {
-                Ok(request) => request,
-                Err(err) => return Box::pin(std::future::ready(Err(err))),
-            };
+        self.add_encoded::<R, _, _>(move |ctx, request| {
             let response = handler(ctx, request);
-            Box::pin(async move {
-                let response = response.await?;
-                serde_json::to_value(response)
-                    .map_err(|err| ApiError::internal(format!("encoding response: {err}")))
-            })
+            async move { encode(&response.await?) }
+        });
+    }
+
+    /// Registers a handler of `R` that encodes its answer itself, to reuse
+    /// answers encoded before. The answer must have the shape of
+    /// `R::Response`.
+    pub fn add_encoded<R, F, Fut>(&mut self, handler: F)
+    where
+        R: Route,
+        F: Fn(RpcContext, R) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Answer, ApiError>> + Send + 'static,
+    {
+        let boxed: Handler = Box::new(move |ctx, body| match parse_body::<R>(body) {
+            Ok(request) => Box::pin(handler(ctx, request)),
+            Err(err) => Box::pin(std::future::ready(Err(err))),
         });
         let previous = self.routes.insert(R::NAME, (R::ACCESS, boxed));
         assert!(previous.is_none(), "route {} registered twice", R::NAME);
@@ -104,7 +116,7 @@ impl RouteTable {
         ctx: RpcContext,
         route: &str,
         body: Value,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Answer, ApiError> {
         let started = Instant::now();
         let transport = ctx.transport;
         let (label, result) = match self.routes.get_key_value(route) {
@@ -143,6 +155,12 @@ impl RouteTable {
             .observe(started.elapsed().as_secs_f64());
         result.map_err(ApiError::public)
     }
+}
+
+/// Encodes a route's answer.
+pub(crate) fn encode(response: &impl serde::Serialize) -> Result<Answer, ApiError> {
+    serde_json::value::to_raw_value(response)
+        .map_err(|err| ApiError::internal(format!("encoding response: {err}")))
 }
 
 fn unknown_route(route: &str) -> ApiError {

@@ -13,7 +13,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use conclave_core::ChannelId;
-use conclave_protocol::api::messaging::ChannelEvent;
+
+use crate::rpc::Answer;
 
 /// The JSON bytes all kept pages may take together.
 pub(crate) const SYNC_PAGES_BUDGET_BYTES: usize = 16 * 1024 * 1024;
@@ -29,10 +30,15 @@ struct Key {
 pub(crate) struct Page {
     /// The channel's head when the page was read.
     pub head: u64,
-    pub events: Vec<ChannelEvent>,
-    pub has_more: bool,
-    /// The events' JSON size, counted against the budget.
-    pub bytes: usize,
+    /// The encoded answer, handed out again as it is.
+    pub answer: Answer,
+}
+
+impl Page {
+    /// What the page counts against the budget.
+    fn bytes(&self) -> usize {
+        self.answer.get().len()
+    }
 }
 
 struct Kept {
@@ -86,7 +92,7 @@ impl SyncPages {
     /// Keeps `page`, dropping the oldest pages beyond the budget. A page
     /// larger than the whole budget is not kept.
     pub fn put(&self, channel: ChannelId, from: u64, limit: u32, page: Page) {
-        if page.bytes > self.budget_bytes {
+        if page.bytes() > self.budget_bytes {
             return;
         }
         let key = Key {
@@ -97,7 +103,7 @@ impl SyncPages {
         let mut inner = self.lock();
         let seq = inner.next_seq;
         inner.next_seq += 1;
-        inner.bytes += page.bytes;
+        inner.bytes += page.bytes();
         if let Some(old) = inner.pages.insert(
             key,
             Kept {
@@ -105,7 +111,7 @@ impl SyncPages {
                 seq,
             },
         ) {
-            inner.bytes -= old.page.bytes;
+            inner.bytes -= old.page.bytes();
         }
         inner.order.push_back((key, seq));
         while inner.bytes > self.budget_bytes {
@@ -114,7 +120,7 @@ impl SyncPages {
             };
             if inner.pages.get(&oldest).is_some_and(|kept| kept.seq == seq) {
                 if let Some(old) = inner.pages.remove(&oldest) {
-                    inner.bytes -= old.page.bytes;
+                    inner.bytes -= old.page.bytes();
                 }
             }
         }
@@ -131,12 +137,12 @@ impl SyncPages {
 mod tests {
     use super::*;
 
+    /// A page whose answer is `bytes` long.
     fn page(head: u64, bytes: usize) -> Page {
+        let text = format!("\"{}\"", "x".repeat(bytes - 2));
         Page {
             head,
-            events: Vec::new(),
-            has_more: false,
-            bytes,
+            answer: serde_json::value::RawValue::from_string(text).unwrap(),
         }
     }
 

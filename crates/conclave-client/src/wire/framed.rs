@@ -8,6 +8,7 @@ use conclave_core::ChannelId;
 use conclave_protocol::api::{EventPayload, GoawayPayload, RequestPayload, ResponsePayload};
 use conclave_protocol::{Frame, FrameType, parse_json_payload};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::connection::Event;
 use crate::envelope;
@@ -86,7 +87,7 @@ fn interpret(frame: Frame) -> Option<Inbound<Bytes>> {
     match frame.frame_type {
         FrameType::RpcResponse => {
             let id = frame.sequence;
-            let result = parse_json_payload::<ResponsePayload>(&frame)
+            let result = parse_json_payload::<ResponsePayload<Box<RawValue>>>(&frame)
                 .map_err(|err| {
                     ClientError::Protocol(format!("unreadable response to request {id}: {err}"))
                 })

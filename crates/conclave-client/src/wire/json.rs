@@ -4,6 +4,7 @@ use conclave_core::limits::JSON_BODY_MAX_BYTES;
 use conclave_protocol::api::{EventPayload, GoawayPayload, JsonRequest, ResponsePayload};
 use serde::Deserialize as _;
 use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::ws::{self, Data, WsStream};
@@ -99,7 +100,9 @@ fn interpret(text: &str) -> Option<Inbound<Message>> {
             }
         };
     }
-    let response = match serde_json::from_value::<ResponsePayload>(value) {
+    // Read again from the text, so the body stays encoded until the caller
+    // parses it into its type.
+    let response = match serde_json::from_str::<ResponsePayload<Box<RawValue>>>(text) {
         Ok(response) => response,
         Err(err) => {
             tracing::warn!(error = %err, "ignoring a text message that is neither response, event nor goaway");
@@ -120,7 +123,6 @@ fn interpret(text: &str) -> Option<Inbound<Message>> {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
 
     use super::*;
 
@@ -128,7 +130,7 @@ mod tests {
     fn text_messages_are_told_apart() {
         let response = interpret(r#"{"id":3,"ok":true,"body":{"x":1}}"#);
         assert!(
-            matches!(response, Some(Inbound::Response { id: 3, result: Ok(ref body) }) if *body == json!({"x": 1}))
+            matches!(response, Some(Inbound::Response { id: 3, result: Ok(ref body) }) if body.get() == r#"{"x":1}"#)
         );
         let refused =
             interpret(r#"{"id":4,"ok":false,"error":{"code":"bad_request","message":"m"}}"#);

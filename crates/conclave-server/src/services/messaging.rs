@@ -12,7 +12,7 @@ use crate::permissions::{
     may_message_directly, may_revoke, may_see, member_of, not_member, relation_and_privacy,
     writable,
 };
-use crate::rpc::{RouteTable, RpcContext};
+use crate::rpc::{self, Answer, RouteTable, RpcContext};
 use crate::services::files::{check_references, record_references};
 use crate::sync_pages::Page as SyncPage;
 
@@ -54,7 +54,7 @@ pub(crate) fn register(table: &mut RouteTable) {
     table.add(reaction_stats);
     table.add(message_pin);
     table.add(message_unpin);
-    table.add(get_difference);
+    table.add_encoded(get_difference);
     table.add(get_channel_pts);
     table.add(batch_get_channel_pts);
     table.add(session_ready);
@@ -341,7 +341,7 @@ async fn history_get(ctx: RpcContext, req: HistoryGet) -> Result<HistoryPage, Ap
     let mut has_more = rows.len() > limit as usize;
     rows.truncate(limit as usize);
     // Newest first into the budget, so a cut page still ends at the newest.
-    let (mut messages, _) = within_budget(rows.iter().map(message_view));
+    let mut messages = within_budget(rows.iter().map(message_view));
     has_more |= messages.len() < rows.len();
     messages.reverse();
     Ok(HistoryPage { messages, has_more })
@@ -614,7 +614,7 @@ async fn message_unpin(ctx: RpcContext, req: MessageUnpin) -> Result<ReactionCha
     pin(&ctx, &req.0, false).await
 }
 
-async fn get_difference(ctx: RpcContext, req: GetDifference) -> Result<Difference, ApiError> {
+async fn get_difference(ctx: RpcContext, req: GetDifference) -> Result<Answer, ApiError> {
     let caller = ctx.caller()?;
     let (channel, member) = member_of(&ctx.state, req.channel_id, caller.user_id).await?;
     // Events before the member joined are not theirs to see.
@@ -633,11 +633,7 @@ async fn get_difference(ctx: RpcContext, req: GetDifference) -> Result<Differenc
     // at the head just read is still exact.
     let pages = &ctx.state.sync_pages;
     if let Some(kept) = pages.get(req.channel_id, from, limit, channel.pts) {
-        return Ok(Difference {
-            events: kept.events.clone(),
-            current_pts: kept.head,
-            has_more: kept.has_more,
-        });
+        return Ok(kept.answer.clone());
     }
     let (events, head) = ctx
         .state
@@ -645,28 +641,28 @@ async fn get_difference(ctx: RpcContext, req: GetDifference) -> Result<Differenc
         .messages()
         .events_after(req.channel_id, from, limit)
         .await?;
-    let (events, bytes) = within_budget(events.iter().map(channel_event));
+    let events = within_budget(events.iter().map(channel_event));
     let has_more = events.last().is_some_and(|e| e.pts < head);
+    let kept = !events.is_empty();
+    let answer = rpc::encode(&Difference {
+        events,
+        current_pts: head,
+        has_more,
+    })?;
     // Kept only when nothing moved between the membership read and the page
     // read, so the page belongs to the head it is filed under.
-    if head == channel.pts && !events.is_empty() {
+    if head == channel.pts && kept {
         pages.put(
             req.channel_id,
             from,
             limit,
             SyncPage {
                 head,
-                events: events.clone(),
-                has_more,
-                bytes,
+                answer: answer.clone(),
             },
         );
     }
-    Ok(Difference {
-        events,
-        current_pts: head,
-        has_more,
-    })
+    Ok(answer)
 }
 
 async fn get_channel_pts(ctx: RpcContext, req: GetChannelPts) -> Result<ChannelPts, ApiError> {
@@ -751,9 +747,9 @@ async fn visible_message(
 const PAGE_BUDGET_BYTES: usize = 192 * 1024;
 
 /// Takes items in order while their JSON fits [`PAGE_BUDGET_BYTES`] (the
-/// first one always, so a page is never empty), with the bytes they take;
+/// first one always, so a page is never empty);
 /// the caller reports the rest through `has_more`.
-fn within_budget<T: serde::Serialize>(items: impl Iterator<Item = T>) -> (Vec<T>, usize) {
+fn within_budget<T: serde::Serialize>(items: impl Iterator<Item = T>) -> Vec<T> {
     let mut used = 0;
     let mut page = Vec::new();
     for item in items {
@@ -764,7 +760,7 @@ fn within_budget<T: serde::Serialize>(items: impl Iterator<Item = T>) -> (Vec<T>
         used += size;
         page.push(item);
     }
-    (page, used)
+    page
 }
 
 /// The length of `item` as JSON, counted without building the text.

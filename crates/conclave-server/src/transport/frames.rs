@@ -7,6 +7,7 @@ use conclave_protocol::api::{GoawayPayload, RequestPayload, ResponsePayload};
 use conclave_protocol::{Frame, FrameType, parse_json_payload};
 
 use crate::api_error::ApiError;
+use crate::rpc::Answer;
 
 /// The session's next step for one inbound frame.
 pub(crate) enum FrameAction {
@@ -62,9 +63,9 @@ pub(crate) fn on_frame(frame: &Frame) -> FrameAction {
 }
 
 /// An `RpcResponse` frame for request `id`.
-pub(crate) fn response_frame(id: u64, result: Result<serde_json::Value, ApiError>) -> Bytes {
+pub(crate) fn response_frame(id: u64, result: Result<Answer, ApiError>) -> Bytes {
     let payload = match result {
-        Ok(body) => ResponsePayload {
+        Ok(body) => ResponsePayload::<Answer> {
             id: None,
             ok: true,
             body: Some(body),
@@ -96,7 +97,7 @@ fn encode_json(frame_type: FrameType, sequence: u64, payload: &impl serde::Seria
             // Only an over-limit response can fail; answer with a small error
             // instead so the client is not left waiting.
             tracing::warn!(error = %err, "response too large to frame");
-            let fallback = ResponsePayload {
+            let fallback = ResponsePayload::<Answer> {
                 id: None,
                 ok: false,
                 body: None,

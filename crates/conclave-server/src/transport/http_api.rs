@@ -10,7 +10,7 @@ use conclave_core::limits::JSON_BODY_MAX_BYTES;
 
 use crate::api_error::ApiError;
 use crate::listener::PeerAddr;
-use crate::rpc::{self, RpcContext};
+use crate::rpc::{self, Answer, RpcContext};
 use crate::state::AppState;
 use crate::transport::bearer_token;
 
@@ -22,7 +22,14 @@ pub(crate) async fn call(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     match handle(state, peer, route, headers, body).await {
-        Ok(body) => axum::Json(body).into_response(),
+        Ok(body) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static("application/json"),
+            )],
+            String::from(Box::<str>::from(body)),
+        )
+            .into_response(),
         Err(err) => err.into_response(),
     }
 }
@@ -33,7 +40,7 @@ async fn handle(
     route: String,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<serde_json::Value, ApiError> {
+) -> Result<Answer, ApiError> {
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(

@@ -24,7 +24,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::api_error::ApiError;
 use crate::listener::PeerAddr;
-use crate::rpc::{self, Caller, RpcContext};
+use crate::rpc::{self, Answer, Caller, RpcContext};
 use crate::sessions::{CloseReason, PushEvent, SessionLink};
 use crate::state::AppState;
 use crate::transport::bearer_token;
@@ -368,7 +368,7 @@ fn spawn_call(
     replies: Arc<ReplyQueue<Reply>>,
     route: String,
     body: serde_json::Value,
-    to_reply: impl FnOnce(Result<serde_json::Value, ApiError>) -> Reply + Send + 'static,
+    to_reply: impl FnOnce(Result<Answer, ApiError>) -> Reply + Send + 'static,
 ) {
     let ctx = RpcContext {
         state: state.clone(),
@@ -385,9 +385,9 @@ fn spawn_call(
     });
 }
 
-fn json_response(id: Option<u64>, result: Result<serde_json::Value, ApiError>) -> String {
+fn json_response(id: Option<u64>, result: Result<Answer, ApiError>) -> String {
     let payload = match result {
-        Ok(body) => ResponsePayload {
+        Ok(body) => ResponsePayload::<Answer> {
             id,
             ok: true,
             body: Some(body),
