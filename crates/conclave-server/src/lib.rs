@@ -14,6 +14,7 @@ mod fanout;
 mod files;
 mod grpc;
 mod http;
+mod last_seen;
 mod listener;
 pub mod logging;
 mod mailbox;
@@ -68,6 +69,7 @@ pub struct ServerHandle {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     storage: Arc<dyn Storage>,
+    last_seen: Arc<last_seen::LastSeen>,
     deadline: Duration,
 }
 
@@ -94,6 +96,8 @@ impl ServerHandle {
                 "in-flight work did not finish before the shutdown deadline; cutting it off"
             );
         }
+        // Sessions noted their end while draining.
+        self.last_seen.flush(&*self.storage).await;
         self.storage.close().await;
         tracing::info!("stopped");
     }
@@ -349,6 +353,10 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
 
     tasks.spawn(files::run_collector(state.clone()));
 
+    let seen = state.clone();
+    let stop = shutdown.clone();
+    tasks.spawn(async move { seen.last_seen.run(&*seen.storage, stop).await });
+
     tracing::info!(%http_addr, %admin_addr, %grpc_addr, %tcp_addr, %quic_addr, quic_cert_sha256 = %quic_cert_sha256, "listening");
     Ok(ServerHandle {
         http_addr,
@@ -360,6 +368,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         shutdown,
         tasks,
         storage,
+        last_seen: state.last_seen.clone(),
         deadline: Duration::from_millis(config.server.shutdown_deadline_ms),
     })
 }

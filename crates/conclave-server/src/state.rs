@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 use crate::cluster::{Cluster, ClusterLink};
 use crate::collab::DocumentRooms;
 use crate::files::Files;
+use crate::last_seen::LastSeen;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimits;
 use crate::rpc::RouteTable;
@@ -47,6 +48,8 @@ pub(crate) struct Inner {
     pub files: Files,
     /// Sync pages answered recently, to answer them again cheaply.
     pub sync_pages: SyncPages,
+    /// When devices were last connected, until it is written.
+    pub last_seen: Arc<LastSeen>,
     /// Cancelled when the server starts shutting down.
     pub shutdown: CancellationToken,
     /// Every task the server spawns, so shutdown can wait for them.
@@ -86,6 +89,7 @@ impl AppState {
             documents,
             files,
             sync_pages: SyncPages::new(SYNC_PAGES_BUDGET_BYTES),
+            last_seen: Arc::default(),
             routes: RouteTable::new(),
             sessions,
             cluster,

@@ -29,14 +29,9 @@ pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<String> {
         .filter(|t| !t.is_empty())
 }
 
-/// Records the device as seen (presence's last-seen time).
-pub(crate) async fn touch(state: &crate::state::AppState, caller: crate::rpc::Caller) {
-    if let Err(err) = state
-        .storage
-        .accounts()
-        .touch_device(caller.device_id, crate::unix_ms())
-        .await
-    {
-        tracing::debug!(error = %err, "could not record the device as seen");
-    }
+/// Records the device as seen now (presence's last-seen time).
+pub(crate) fn touch(state: &crate::state::AppState, caller: crate::rpc::Caller) {
+    state
+        .last_seen
+        .note(caller.user_id, caller.device_id, crate::unix_ms());
 }

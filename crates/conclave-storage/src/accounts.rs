@@ -118,8 +118,10 @@ pub trait AccountStore: Send + Sync {
         device: DeviceId,
         name: &str,
     ) -> Result<bool, StorageError>;
-    /// Records that the device was connected at `now_ms`.
-    async fn touch_device(&self, device: DeviceId, now_ms: i64) -> Result<(), StorageError>;
+    /// Records when each device was last connected, in one transaction. A
+    /// time earlier than the one stored is ignored; unknown devices are
+    /// skipped.
+    async fn touch_devices(&self, seen: &[(DeviceId, i64)]) -> Result<(), StorageError>;
     /// The latest time any of the user's devices was seen, if ever.
     async fn last_seen(&self, user: UserId) -> Result<Option<i64>, StorageError>;
 }

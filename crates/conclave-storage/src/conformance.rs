@@ -220,6 +220,56 @@ pub async fn devices_are_capped_renewed_and_listed(storage: Arc<dyn Storage>) {
     );
 }
 
+pub async fn devices_are_seen_in_batches_and_never_back_in_time(storage: Arc<dyn Storage>) {
+    let user = alice(&storage).await;
+    let accounts = storage.accounts();
+    let phone = accounts
+        .login_device(login(user.id, None, 1))
+        .await
+        .unwrap();
+    let laptop = accounts
+        .login_device(login(user.id, None, 2))
+        .await
+        .unwrap();
+    accounts.touch_devices(&[]).await.unwrap();
+    assert_eq!(accounts.last_seen(user.id).await.unwrap(), Some(2_000));
+
+    // One batch: a device listed twice keeps its latest time; an unknown
+    // device is skipped without failing the others.
+    accounts
+        .touch_devices(&[
+            (phone.id, 5_000),
+            (DeviceId::new(999_999), 7_000),
+            (laptop.id, 3_000),
+            (phone.id, 4_000),
+        ])
+        .await
+        .unwrap();
+    let seen = |device: DeviceId| {
+        let accounts = storage.accounts();
+        async move {
+            accounts
+                .device(device)
+                .await
+                .unwrap()
+                .unwrap()
+                .last_seen_at_ms
+        }
+    };
+    assert_eq!(seen(phone.id).await, 5_000);
+    assert_eq!(seen(laptop.id).await, 3_000);
+    assert_eq!(accounts.last_seen(user.id).await.unwrap(), Some(5_000));
+
+    // A late batch with older times moves nothing back.
+    accounts
+        .touch_devices(&[(phone.id, 4_500), (laptop.id, 6_000)])
+        .await
+        .unwrap();
+    assert_eq!(seen(phone.id).await, 5_000);
+    assert_eq!(seen(laptop.id).await, 6_000);
+    assert_eq!(accounts.last_seen(user.id).await.unwrap(), Some(6_000));
+}
+
 pub async fn refresh_tokens_are_single_use_and_expire(storage: Arc<dyn Storage>) {
     let user = alice(&storage).await;
     let accounts = storage.accounts();
@@ -2354,6 +2404,7 @@ macro_rules! conformance_tests {
             usernames_are_unique_ignoring_case,
             profile_updates_change_only_given_fields,
             devices_are_capped_renewed_and_listed,
+            devices_are_seen_in_batches_and_never_back_in_time,
             refresh_tokens_are_single_use_and_expire,
             ending_sessions_invalidates_tokens_and_revoking_removes,
             direct_channels_are_one_per_pair,

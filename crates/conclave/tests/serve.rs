@@ -530,3 +530,60 @@ fn sigterm_right_after_startup_is_graceful() {
         assert!(status.success(), "round {round}: {status:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_a_device_was_last_connected_survives_a_restart() {
+    use conclave_client::api::account::DeviceList;
+    use conclave_client::{Connection, Encoding, HttpClient};
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = support::write_fast_config(dir.path(), "");
+    let mut server = support::start_server(dir.path(), &config);
+    let base = format!("http://{}", server.http);
+    let alice = HttpClient::new(&base)
+        .register("alice", "a long password", None)
+        .await
+        .unwrap();
+    let alice_http = HttpClient::new(&base).with_token(alice.token.clone());
+    let last_seen = |http: HttpClient| async move {
+        let listed = http.call(&DeviceList {}).await.unwrap();
+        assert_eq!(listed.devices.len(), 1);
+        listed.devices[0].last_seen_at_ms
+    };
+    let at_login = last_seen(alice_http.clone()).await;
+
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let session = Connection::connect_ws(&base, &alice.token, Encoding::Json)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let before_close = unix_ms();
+    session.close().await;
+    // The session's end is seen at once, before it is written.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let seen = loop {
+        let seen = last_seen(alice_http.clone()).await;
+        if seen >= before_close || Instant::now() > deadline {
+            break seen;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(
+        seen >= before_close && seen > at_login,
+        "last seen {seen}, closed at {before_close}, logged in at {at_login}"
+    );
+
+    // Stopped right away: the time is written on the way out.
+    assert!(server.stop().success());
+    let again = support::start_server(dir.path(), &config);
+    let base = format!("http://{}", again.http);
+    let alice_http = HttpClient::new(&base).with_token(alice.token.clone());
+    assert_eq!(last_seen(alice_http).await, seen, "kept across the restart");
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}

@@ -185,7 +185,13 @@ async fn device_list(ctx: RpcContext, _req: DeviceList) -> Result<DeviceListResp
             device_id: device.id,
             name: device.name.clone(),
             created_at_ms: device.created_at_ms,
-            last_seen_at_ms: device.last_seen_at_ms,
+            last_seen_at_ms: ctx
+                .state
+                .last_seen
+                .of_device(device.id)
+                .map_or(device.last_seen_at_ms, |held| {
+                    held.max(device.last_seen_at_ms)
+                }),
             current: device.id == caller.device_id,
             has_noise_key: device.noise_public_key.is_some(),
             online_sessions: ctx

@@ -146,7 +146,8 @@ async fn status(
     let last_seen_ms = if online {
         Some(crate::unix_ms())
     } else {
-        state.storage.accounts().last_seen(user).await?
+        let stored = state.storage.accounts().last_seen(user).await?;
+        stored.max(state.last_seen.latest_of(user))
     };
     Ok(PresenceStatus {
         user_id: user,

@@ -47,7 +47,7 @@ pub(crate) async fn run<W: FrameWire>(
     early: Vec<Frame>,
 ) {
     let session = link.handle.clone();
-    crate::transport::touch(&state, caller).await;
+    crate::transport::touch(&state, caller);
     let transport = session.transport;
     let limits = &state.config.limits;
     let in_flight = limits.session_requests_in_flight as usize;
@@ -169,7 +169,7 @@ pub(crate) async fn run<W: FrameWire>(
         tracing::debug!(session = session.id, transport, code = %reason.code, "session closed");
     }
     wire.finish().await;
-    crate::transport::touch(&state, caller).await;
+    crate::transport::touch(&state, caller);
     drop(link);
 }
 

@@ -140,9 +140,7 @@ fn run(
         };
         tracing::debug!(session = session.id, user = %caller.user_id, device = %caller.device_id, "websocket session open");
 
-        // Awaits other than the idle wait are boxed: a session's task is as big
-        // as its largest await, and most sessions sit idle most of the time.
-        Box::pin(crate::transport::touch(&state, caller)).await;
+        crate::transport::touch(&state, caller);
         let limits = &state.config.limits;
         let in_flight = limits.session_requests_in_flight as usize;
         let requests = Requests::new(in_flight, session.clone());
@@ -154,6 +152,8 @@ fn run(
         let shutdown = state.shutdown.clone();
         let write_timeout = Duration::from_millis(limits.write_timeout_ms);
 
+        // Awaits other than the idle wait are boxed: a session's task is as big
+        // as its largest await, and most sessions sit idle most of the time.
         let reason: CloseReason = loop {
             tokio::select! {
                 biased;
@@ -216,7 +216,7 @@ fn run(
 
         requests.close();
         Box::pin(say_goodbye(&mut socket, encoding, &reason, write_timeout)).await;
-        Box::pin(crate::transport::touch(&state, caller)).await;
+        crate::transport::touch(&state, caller);
         tracing::debug!(session = session.id, code = %reason.code, "websocket session closed");
         drop(link);
     }

@@ -361,13 +361,31 @@ impl AccountStore for PostgresStorage {
         .await
     }
 
-    async fn touch_device(&self, device: DeviceId, now_ms: i64) -> Result<(), StorageError> {
-        timed(BACKEND, "touch_device", async {
+    async fn touch_devices(&self, seen: &[(DeviceId, i64)]) -> Result<(), StorageError> {
+        if seen.is_empty() {
+            return Ok(());
+        }
+        // Sorted by device, so concurrent writers lock rows in one order;
+        // one row per device, as UPDATE ... FROM applies one match only.
+        let mut seen = seen.to_vec();
+        seen.sort_unstable();
+        seen.dedup_by(|later, kept| {
+            later.0 == kept.0 && {
+                kept.1 = kept.1.max(later.1);
+                true
+            }
+        });
+        let (devices, times): (Vec<i64>, Vec<i64>) = seen
+            .iter()
+            .map(|(device, at_ms)| (id(device.get()), *at_ms))
+            .unzip();
+        timed(BACKEND, "touch_devices", async {
             sqlx::query(
-                "UPDATE devices SET last_seen_at = GREATEST(last_seen_at, $1) WHERE id = $2",
+                "UPDATE devices AS d SET last_seen_at = GREATEST(d.last_seen_at, s.at) \
+                 FROM UNNEST($1::BIGINT[], $2::BIGINT[]) AS s(id, at) WHERE d.id = s.id",
             )
-            .bind(now_ms)
-            .bind(id(device.get()))
+            .bind(&devices)
+            .bind(&times)
             .execute(&self.pool)
             .await?;
             Ok(())

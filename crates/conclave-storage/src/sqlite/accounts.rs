@@ -328,14 +328,21 @@ impl AccountStore for SqliteStorage {
         .await
     }
 
-    async fn touch_device(&self, device: DeviceId, now_ms: i64) -> Result<(), StorageError> {
-        timed(BACKEND, "touch_device", async {
+    async fn touch_devices(&self, seen: &[(DeviceId, i64)]) -> Result<(), StorageError> {
+        if seen.is_empty() {
+            return Ok(());
+        }
+        timed(BACKEND, "touch_devices", async {
             let _writer = self.write_lock.lock().await;
-            sqlx::query("UPDATE devices SET last_seen_at = MAX(last_seen_at, ?) WHERE id = ?")
-                .bind(now_ms)
-                .bind(id(device.get()))
-                .execute(&self.pool)
-                .await?;
+            let mut tx = self.write_tx().await?;
+            for (device, at_ms) in seen {
+                sqlx::query("UPDATE devices SET last_seen_at = MAX(last_seen_at, ?) WHERE id = ?")
+                    .bind(at_ms)
+                    .bind(id(device.get()))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
             Ok(())
         })
         .await
