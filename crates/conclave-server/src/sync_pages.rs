@@ -8,6 +8,11 @@
 //! (a new event, a revoke, a pin) appends an event and so moves the head,
 //! also when it happens on another node. A lookup names the head the caller
 //! just read, so a stale page is never served; it is only left to age out.
+//!
+//! Devices that come back together also miss together: a reader of a page
+//! that is not kept first takes [`SyncPages::reading`], so the other askers
+//! of that page wait for the one read and then find it kept, instead of
+//! each reading and encoding it again.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -57,9 +62,14 @@ struct Inner {
     next_seq: u64,
 }
 
+/// How many pages can be read at once; more than the database has readers.
+const READ_STRIPES: usize = 64;
+
 pub(crate) struct SyncPages {
     inner: Mutex<Inner>,
     budget_bytes: usize,
+    /// Reads of one page take the same stripe, so they happen one at a time.
+    reads: [tokio::sync::Mutex<()>; READ_STRIPES],
 }
 
 impl SyncPages {
@@ -67,7 +77,28 @@ impl SyncPages {
         Self {
             inner: Mutex::new(Inner::default()),
             budget_bytes,
+            reads: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
         }
+    }
+
+    /// Held while reading the page of `channel` after `from` of at most
+    /// `limit` events: look it up again once this is held, as a read that
+    /// went before may have kept it meanwhile.
+    pub async fn reading(
+        &self,
+        channel: ChannelId,
+        from: u64,
+        limit: u32,
+    ) -> tokio::sync::MutexGuard<'_, ()> {
+        let key = Key {
+            channel,
+            from,
+            limit,
+        };
+        let mut hasher = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(&key, &mut hasher);
+        let stripe = std::hash::Hasher::finish(&hasher) as usize % READ_STRIPES;
+        self.reads[stripe].lock().await
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -144,6 +175,21 @@ mod tests {
             head,
             answer: serde_json::value::RawValue::from_string(text).unwrap(),
         }
+    }
+
+    #[tokio::test]
+    async fn askers_of_one_page_read_it_one_at_a_time() {
+        let pages = SyncPages::new(1_000);
+        let channel = ChannelId::new(1);
+        let first = pages.reading(channel, 0, 500).await;
+        let same = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            pages.reading(channel, 0, 500),
+        )
+        .await;
+        assert!(same.is_err(), "waits while the page is being read");
+        drop(first);
+        let _second = pages.reading(channel, 0, 500).await;
     }
 
     #[test]

@@ -635,6 +635,10 @@ async fn get_difference(ctx: RpcContext, req: GetDifference) -> Result<Answer, A
     if let Some(kept) = pages.get(req.channel_id, from, limit, channel.pts) {
         return Ok(kept.answer.clone());
     }
+    let _reading = pages.reading(req.channel_id, from, limit).await;
+    if let Some(kept) = pages.get(req.channel_id, from, limit, channel.pts) {
+        return Ok(kept.answer.clone());
+    }
     let (events, head) = ctx
         .state
         .storage
