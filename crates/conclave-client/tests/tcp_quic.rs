@@ -452,6 +452,36 @@ async fn a_kicked_device_is_closed_at_once_and_must_log_in_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_calls_at_once_all_get_their_answers() {
+    // Far more than the server runs at once per session (32): the frames
+    // arrive together, and the session must keep answering while it still
+    // has requests to read.
+    const CALLS: usize = 256;
+    let server = TestServer::start_with(|config| {
+        config.limits.requests_per_user_per_sec = 100_000;
+        config.limits.requests_per_user_burst = 100_000;
+        config.limits.requests_per_ip_per_sec = 100_000;
+        config.limits.requests_per_ip_burst = 100_000;
+    })
+    .await;
+    for transport in TRANSPORTS {
+        let fay = server.register(&username("fay", transport)).await;
+        let conn = server.connect(transport, &fay).await;
+        let calls = (0..CALLS).map(|_| conn.call(&DeviceList {}));
+        let answers = tokio::time::timeout(STEP_TIMEOUT, futures_util::future::join_all(calls))
+            .await
+            .unwrap_or_else(|_| panic!("{transport:?}: the calls were not all answered"));
+        for answer in answers {
+            let listed = answer.unwrap_or_else(|err| panic!("{transport:?}: {err}"));
+            assert_eq!(listed.devices.len(), 1, "{transport:?}");
+        }
+        assert_eq!(conn.close_reason(), None, "{transport:?}");
+        conn.close().await;
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_requests_cross_several_noise_messages() {
     // A bio the server refuses only after reading all of it: 100 KB, two
     // Noise messages of at most 65,519 bytes of plaintext.
