@@ -425,12 +425,11 @@ async fn an_idle_document_stays_loaded_for_a_while_then_unloads() {
         hex("00 00 03 01 01 02"),
         "loaded from storage with the edit"
     );
-    // The server's log is read as it is written: give the line a moment.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while loads() < 2 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(loads(), 2);
+    assert_eq!(
+        env.server
+            .count_logs("document loaded", 2, Duration::from_secs(5)),
+        2
+    );
 }
 
 /// In a group's document the group's rules apply: while the group is muted

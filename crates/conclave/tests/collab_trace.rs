@@ -285,10 +285,7 @@ fn a_long_editing_trace_arrives_exactly() {
     read.assert_no_reconnect();
     let loads = env
         .server
-        .logs()
-        .iter()
-        .filter(|line| line["message"] == "document loaded")
-        .count();
+        .count_logs("document loaded", 2, Duration::from_secs(5));
     assert_eq!(loads, 2, "the late client's document came from storage");
 
     println!(

@@ -154,6 +154,27 @@ impl Server {
         }
     }
 
+    /// How many log events have `message`, waiting up to `timeout` for at
+    /// least `at_least` of them: the server's output is read as it is
+    /// written, so a line can reach the test a moment after its effect.
+    pub fn count_logs(&self, message: &str, at_least: usize, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        let (lock, cvar) = &*self.logs;
+        let mut logs = lock.lock().unwrap();
+        loop {
+            let count = logs
+                .lines
+                .iter()
+                .filter(|l| l["message"] == message)
+                .count();
+            let now = Instant::now();
+            if count >= at_least || logs.closed || now >= deadline {
+                return count;
+            }
+            logs = cvar.wait_timeout(logs, deadline - now).unwrap().0;
+        }
+    }
+
     pub fn logs(&self) -> Vec<serde_json::Value> {
         self.logs.0.lock().unwrap().lines.clone()
     }
