@@ -933,6 +933,80 @@ pub async fn compaction_replaces_a_prefix_of_the_log(storage: Arc<dyn Storage>) 
     assert_eq!(loaded.head_seq(), 6);
 }
 
+pub async fn search_indexes_every_message_of_a_group_and_no_refused_one(storage: Arc<dyn Storage>) {
+    let (a, b) = (user(&storage, "ann").await, user(&storage, "ben").await);
+    let outsider = user(&storage, "cat").await;
+    let (channel, _) = storage.messages().direct_channel(a, b, 5).await.unwrap();
+    let channel = channel.id;
+    // All at once, so backends that commit in groups store them together:
+    // a member's messages, an outsider's refused ones, and retries.
+    let mut tasks = Vec::new();
+    for i in 0..60u32 {
+        let storage = storage.clone();
+        tasks.push(tokio::spawn(async move {
+            let (sender, id) = match i % 3 {
+                0 => (outsider, format!("refused{i}")),
+                1 => (a, format!("kept{i}")),
+                _ => (a, format!("kept{}", i - 1)),
+            };
+            let body = format!("word{i} {id}");
+            (
+                i,
+                storage
+                    .messages()
+                    .send_message(text(channel, sender, &id, &body))
+                    .await,
+            )
+        }));
+    }
+    let mut kept = Vec::new();
+    for task in tasks {
+        match task.await.unwrap() {
+            (i, Ok(SendOutcome::Sent(event))) if i % 3 == 1 || i % 3 == 2 => {
+                kept.push(event.message_id.unwrap());
+            }
+            (i, Ok(SendOutcome::Duplicate(_))) if i % 3 != 0 => {}
+            (i, Err(StorageError::NotFound(_))) if i % 3 == 0 => {}
+            (i, other) => panic!("send {i}: {other:?}"),
+        }
+    }
+    kept.sort_unstable();
+    assert_eq!(kept.len(), 20, "one message per client id");
+
+    let found = |words: Vec<String>| {
+        let messages = storage.messages();
+        async move {
+            let mut ids: Vec<_> = messages
+                .search(b, &words, None, 100)
+                .await
+                .unwrap()
+                .iter()
+                .map(|m| m.id)
+                .collect();
+            ids.sort_unstable();
+            ids
+        }
+    };
+    for i in (1..60u32).step_by(3) {
+        let hits = found(vec![format!("kept{i}")]).await;
+        assert_eq!(hits.len(), 1, "kept{i} is found once: {hits:?}");
+    }
+    let mut all = Vec::new();
+    for i in 0..60u32 {
+        let hits = found(vec![format!("word{i}")]).await;
+        match i % 3 {
+            0 => assert!(
+                hits.is_empty(),
+                "a refused message is not indexed: {hits:?}"
+            ),
+            _ => all.extend(hits),
+        }
+    }
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all, kept, "every stored message is found by its own words");
+}
+
 pub async fn mixed_writes_commit_together_and_refusals_stay_alone(storage: Arc<dyn Storage>) {
     let (a, b) = (user(&storage, "ann").await, user(&storage, "ben").await);
     let (channel, _) = storage.messages().direct_channel(a, b, 5).await.unwrap();
@@ -2421,6 +2495,7 @@ macro_rules! conformance_tests {
             compaction_replaces_a_prefix_of_the_log,
             concurrent_document_appends_lose_nothing,
             mixed_writes_commit_together_and_refusals_stay_alone,
+            search_indexes_every_message_of_a_group_and_no_refused_one,
             write_context_reads_what_single_reads_do,
             document_versions_are_numbered_listed_and_read_back,
             document_version_refusals_change_nothing,

@@ -228,8 +228,35 @@ fn store(connection: &mut Connection, work: &[Work]) -> Result<Outcomes, Storage
         }
         savepoint.commit().map_err(database)?;
     }
+    index_search_text(&tx, work, &outcomes.sends)?;
     tx.commit().map_err(database)?;
     Ok(outcomes)
+}
+
+/// Indexes the search text of the batch's stored messages, after every
+/// savepoint: FTS5 writes its pending terms out as an index segment at each
+/// savepoint, so indexing inside them cost a segment per message; here the
+/// batch's terms are written once, at commit.
+fn index_search_text(tx: &Connection, work: &[Work], sends: &[Stored]) -> Result<(), StorageError> {
+    let messages = work.iter().filter_map(|piece| match piece {
+        Work::Send(message) => Some(message),
+        Work::Append(_) => None,
+    });
+    for (message, stored) in messages.zip(sends) {
+        let Ok((SendOutcome::Sent(event), _)) = stored else {
+            continue;
+        };
+        let (Some(id), Some(text)) = (
+            event.message_id,
+            message.search_text.as_deref().filter(|t| !t.is_empty()),
+        ) else {
+            continue;
+        };
+        tx.prepare_cached(INSERT_FTS_SQL)
+            .and_then(|mut statement| statement.execute(params![sql_id(id.get()), text]))
+            .map_err(database)?;
+    }
+    Ok(())
 }
 
 fn store_send(tx: &Connection, message: &OwnedMessage) -> Stored {
@@ -318,11 +345,6 @@ fn insert_message(tx: &Connection, message: &OwnedMessage) -> Result<SendOutcome
             )
         })
         .map_err(database)?;
-    if let Some(text) = message.search_text.as_deref().filter(|t| !t.is_empty()) {
-        tx.prepare_cached(INSERT_FTS_SQL)
-            .and_then(|mut statement| statement.execute(params![id, text]))
-            .map_err(database)?;
-    }
     tx.prepare_cached(APPEND_EVENT_SQL)
         .and_then(|mut statement| {
             statement.execute(params![
