@@ -6,6 +6,7 @@ mod files;
 mod group_commit;
 mod groups;
 mod inbox;
+mod inline_reads;
 mod messaging;
 mod social;
 mod write_thread;
@@ -59,12 +60,57 @@ pub struct SqliteStorage {
     /// through this queue; `None` once closed.
     writes: std::sync::Mutex<Option<tokio::sync::mpsc::Sender<group_commit::WriteRequest>>>,
     writer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The hot path's small reads, on the calling thread.
+    reads: inline_reads::InlineReads,
 }
 
 /// A 64-bit id as SQLite stores it. Ids come from `INTEGER PRIMARY KEY`, so
 /// they fit in i64; a larger one was never issued and matches nothing.
 pub(super) fn sql_id(raw: u64) -> i64 {
     i64::try_from(raw).unwrap_or(-1)
+}
+
+/// A row's columns read by name, the same way from sqlx's rows and from
+/// rusqlite's (the write thread's and the inline reads'), so one row mapper
+/// serves both.
+pub(super) trait Columns {
+    type Error;
+    fn int(&self, name: &str) -> Result<i64, Self::Error>;
+    fn opt_int(&self, name: &str) -> Result<Option<i64>, Self::Error>;
+    fn text(&self, name: &str) -> Result<String, Self::Error>;
+    fn opt_text(&self, name: &str) -> Result<Option<String>, Self::Error>;
+}
+
+impl Columns for sqlx::sqlite::SqliteRow {
+    type Error = sqlx::Error;
+    fn int(&self, name: &str) -> Result<i64, sqlx::Error> {
+        sqlx::Row::try_get(self, name)
+    }
+    fn opt_int(&self, name: &str) -> Result<Option<i64>, sqlx::Error> {
+        sqlx::Row::try_get(self, name)
+    }
+    fn text(&self, name: &str) -> Result<String, sqlx::Error> {
+        sqlx::Row::try_get(self, name)
+    }
+    fn opt_text(&self, name: &str) -> Result<Option<String>, sqlx::Error> {
+        sqlx::Row::try_get(self, name)
+    }
+}
+
+impl Columns for rusqlite::Row<'_> {
+    type Error = rusqlite::Error;
+    fn int(&self, name: &str) -> Result<i64, rusqlite::Error> {
+        self.get(name)
+    }
+    fn opt_int(&self, name: &str) -> Result<Option<i64>, rusqlite::Error> {
+        self.get(name)
+    }
+    fn text(&self, name: &str) -> Result<String, rusqlite::Error> {
+        self.get(name)
+    }
+    fn opt_text(&self, name: &str) -> Result<Option<String>, rusqlite::Error> {
+        self.get(name)
+    }
 }
 
 /// Whether a statement failed on a UNIQUE constraint.
@@ -115,6 +161,7 @@ impl SqliteStorage {
         let commit_consumer = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let thread =
             write_thread::WriteThread::open(&path, Duration::from_millis(options.busy_timeout_ms))?;
+        let reads = inline_reads::InlineReads::new(&path);
         let (writes, requests) = tokio::sync::mpsc::channel(group_commit::QUEUE_CAPACITY);
         let writer = tokio::spawn(group_commit::run(
             group_commit::Writer {
@@ -133,6 +180,7 @@ impl SqliteStorage {
             commit_consumer,
             writes: std::sync::Mutex::new(Some(writes)),
             writer: std::sync::Mutex::new(Some(writer)),
+            reads,
         })
     }
 

@@ -7,7 +7,7 @@ use sqlx::sqlite::SqliteRow;
 
 use super::social::{PRIVACY_COLUMNS, privacy_from, relation_columns, relation_from};
 use super::sql_id;
-use super::{BACKEND, SqliteStorage};
+use super::{BACKEND, Columns, SqliteStorage};
 use crate::metrics::timed;
 use crate::{
     Audience, ChannelKind, ChannelRecord, ChannelSummary, Committed, EventRecord, MemberFlag,
@@ -55,36 +55,33 @@ fn sql_pts(pts: u64) -> i64 {
     i64::try_from(pts).unwrap_or(i64::MAX)
 }
 
-pub(super) fn channel_from(row: &SqliteRow) -> Result<ChannelRecord, sqlx::Error> {
-    let kind: String = row.try_get("kind")?;
+pub(super) fn channel_from<R: Columns>(row: &R) -> Result<ChannelRecord, R::Error> {
     Ok(ChannelRecord {
-        id: ChannelId::new(row.try_get::<i64, _>("id")? as u64),
-        kind: if kind == "group" {
+        id: ChannelId::new(row.int("id")? as u64),
+        kind: if row.text("kind")? == "group" {
             ChannelKind::Group
         } else {
             ChannelKind::Direct
         },
-        title: row.try_get("title")?,
-        pts: pts(row.try_get("pts")?),
-        last_message_pts: pts(row.try_get("last_message_pts")?),
-        last_activity_at_ms: row.try_get("last_activity_at")?,
-        created_at_ms: row.try_get("created_at")?,
+        title: row.opt_text("title")?,
+        pts: pts(row.int("pts")?),
+        last_message_pts: pts(row.int("last_message_pts")?),
+        last_activity_at_ms: row.int("last_activity_at")?,
+        created_at_ms: row.int("created_at")?,
     })
 }
 
-pub(super) fn member_from(row: &SqliteRow) -> Result<MemberRecord, sqlx::Error> {
+pub(super) fn member_from<R: Columns>(row: &R) -> Result<MemberRecord, R::Error> {
     Ok(MemberRecord {
-        channel_id: ChannelId::new(row.try_get::<i64, _>("m_channel_id")? as u64),
-        user_id: UserId::new(row.try_get::<i64, _>("m_user_id")? as u64),
-        role: row.try_get("m_role")?,
-        joined_pts: pts(row.try_get("m_joined_pts")?),
-        read_pts: pts(row.try_get("m_read_pts")?),
-        pinned: row.try_get::<i64, _>("m_pinned")? != 0,
-        hidden_until_pts: row
-            .try_get::<Option<i64>, _>("m_hidden_until_pts")?
-            .map(pts),
-        notifications_muted: row.try_get::<i64, _>("m_notifications_muted")? != 0,
-        send_muted_until_ms: row.try_get("m_send_muted_until")?,
+        channel_id: ChannelId::new(row.int("m_channel_id")? as u64),
+        user_id: UserId::new(row.int("m_user_id")? as u64),
+        role: row.text("m_role")?,
+        joined_pts: pts(row.int("m_joined_pts")?),
+        read_pts: pts(row.int("m_read_pts")?),
+        pinned: row.int("m_pinned")? != 0,
+        hidden_until_pts: row.opt_int("m_hidden_until_pts")?.map(pts),
+        notifications_muted: row.int("m_notifications_muted")? != 0,
+        send_muted_until_ms: row.opt_int("m_send_muted_until")?,
     })
 }
 
@@ -258,8 +255,8 @@ impl SqliteStorage {
         channel: ChannelId,
         user: UserId,
     ) -> Result<Option<WriteContext>, StorageError> {
-        timed(BACKEND, "write_context", async {
-            let row = sqlx::query(&format!(
+        static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            format!(
                 "SELECT {CHANNEL_COLUMNS}, {MEMBER_COLUMNS}, peer.user_id AS peer_id, {relation}, {PRIVACY_COLUMNS} \
                  FROM channel_members cm JOIN channels c ON c.id = cm.channel_id \
                  LEFT JOIN channel_members peer \
@@ -267,27 +264,32 @@ impl SqliteStorage {
                  LEFT JOIN privacy_settings p ON p.user_id = peer.user_id \
                  WHERE cm.user_id = ?1 AND cm.channel_id = ?2 LIMIT 1",
                 relation = relation_columns("peer.user_id"),
-            ))
-            .bind(sql_id(user.get()))
-            .bind(sql_id(channel.get()))
-            .fetch_optional(&self.pool)
-            .await?;
-            let Some(row) = row else {
-                return Ok(None);
-            };
-            let peer = match row.try_get::<Option<i64>, _>("peer_id")? {
-                Some(peer) => Some(PeerContext {
-                    user_id: UserId::new(peer as u64),
-                    relation: relation_from(&row)?,
-                    privacy: privacy_from(&row)?,
-                }),
-                None => None,
-            };
-            Ok(Some(WriteContext {
-                channel: channel_from(&row)?,
-                member: member_from(&row)?,
-                peer,
-            }))
+            )
+        });
+        // Checked before every message send: read on this thread (see
+        // `inline_reads`).
+        timed(BACKEND, "write_context", async {
+            self.reads.run(|connection| {
+                let mut statement = connection.prepare_cached(&SQL)?;
+                let mut rows = statement
+                    .query(rusqlite::params![sql_id(user.get()), sql_id(channel.get())])?;
+                let Some(row) = rows.next()? else {
+                    return Ok(None);
+                };
+                let peer = match row.opt_int("peer_id")? {
+                    Some(peer) => Some(PeerContext {
+                        user_id: UserId::new(peer as u64),
+                        relation: relation_from(row)?,
+                        privacy: privacy_from(row)?,
+                    }),
+                    None => None,
+                };
+                Ok(Some(WriteContext {
+                    channel: channel_from(row)?,
+                    member: member_from(row)?,
+                    peer,
+                }))
+            })
         })
         .await
     }

@@ -7,7 +7,7 @@ use sqlx::sqlite::SqliteRow;
 
 use super::messaging::Tx;
 use super::sql_id;
-use super::{BACKEND, SqliteStorage, is_unique_violation};
+use super::{BACKEND, Columns, SqliteStorage, is_unique_violation};
 use crate::metrics::timed;
 use crate::{
     FriendRecord, FriendRequestRecord, PrivacyRecord, Relation, SearchCandidate, SocialStore,
@@ -50,15 +50,15 @@ fn user_from(row: &SqliteRow) -> Result<UserRecord, sqlx::Error> {
     })
 }
 
-pub(super) fn privacy_from(row: &SqliteRow) -> Result<Option<PrivacyRecord>, sqlx::Error> {
-    let Some(direct_messages) = row.try_get::<Option<String>, _>("p_direct_messages")? else {
+pub(super) fn privacy_from<R: Columns>(row: &R) -> Result<Option<PrivacyRecord>, R::Error> {
+    let Some(direct_messages) = row.opt_text("p_direct_messages")? else {
         return Ok(None);
     };
     Ok(Some(PrivacyRecord {
         direct_messages,
-        searchable_by: row.try_get("p_searchable_by")?,
-        group_invites: row.try_get("p_group_invites")?,
-        last_seen: row.try_get("p_last_seen")?,
+        searchable_by: row.text("p_searchable_by")?,
+        group_invites: row.text("p_group_invites")?,
+        last_seen: row.text("p_last_seen")?,
     }))
 }
 
@@ -74,13 +74,13 @@ pub(super) fn relation_columns(b: &str) -> String {
     )
 }
 
-pub(super) fn relation_from(row: &SqliteRow) -> Result<Relation, sqlx::Error> {
+pub(super) fn relation_from<R: Columns>(row: &R) -> Result<Relation, R::Error> {
     Ok(Relation {
-        friends: row.try_get::<i64, _>("r_friends")? != 0,
-        a_blocked_b: row.try_get::<i64, _>("r_a_blocked_b")? != 0,
-        b_blocked_a: row.try_get::<i64, _>("r_b_blocked_a")? != 0,
-        a_requested_b: row.try_get::<i64, _>("r_a_requested_b")? != 0,
-        b_requested_a: row.try_get::<i64, _>("r_b_requested_a")? != 0,
+        friends: row.int("r_friends")? != 0,
+        a_blocked_b: row.int("r_a_blocked_b")? != 0,
+        b_blocked_a: row.int("r_b_blocked_a")? != 0,
+        a_requested_b: row.int("r_a_requested_b")? != 0,
+        b_requested_a: row.int("r_b_requested_a")? != 0,
     })
 }
 
