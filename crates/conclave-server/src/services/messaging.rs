@@ -647,7 +647,7 @@ async fn get_difference(ctx: RpcContext, req: GetDifference) -> Result<Answer, A
         .await?;
     let events = within_budget(events.iter().map(channel_event));
     let has_more = events.last().is_some_and(|e| e.pts < head);
-    let kept = !events.is_empty();
+    let worth_keeping = !events.is_empty();
     let answer = rpc::encode(&Difference {
         events,
         current_pts: head,
@@ -655,7 +655,7 @@ async fn get_difference(ctx: RpcContext, req: GetDifference) -> Result<Answer, A
     })?;
     // Kept only when nothing moved between the membership read and the page
     // read, so the page belongs to the head it is filed under.
-    if head == channel.pts && kept {
+    if head == channel.pts && worth_keeping {
         pages.put(
             req.channel_id,
             from,
