@@ -86,15 +86,8 @@ pub(crate) async fn run<W: FrameWire>(
                             peer_ip,
                             transport,
                         };
-                        let replies = requests.replies().clone();
-                        let routes = state.clone();
-                        state.tasks.spawn(async move {
-                            let result = routes.routes.dispatch(ctx, &route, body).await;
-                            // The permit travels with the reply until it is
-                            // written, so the mailbox has room; a closed one
-                            // means the session ended.
-                            let _ = replies
-                                .try_send((frames::response_frame(request_id, result), permit));
+                        requests.spawn_call(ctx, permit, route, body, move |result| {
+                            frames::response_frame(request_id, result)
                         });
                     }
                     FrameAction::Reply(bytes) => {

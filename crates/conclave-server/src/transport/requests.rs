@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::api_error::ApiError;
 use crate::mailbox::Mailbox;
+use crate::rpc::{Answer, RpcContext};
 use crate::sessions::{CloseReason, SessionHandle};
 
 /// Where a session writes its replies.
@@ -28,7 +30,7 @@ pub(crate) trait ReplyWriter<R>: Send {
 }
 
 /// A reply with the permit its request held.
-pub(crate) type ReplyQueue<R> = Mailbox<(R, OwnedSemaphorePermit)>;
+type ReplyQueue<R> = Mailbox<(R, OwnedSemaphorePermit)>;
 
 /// Most replies written with one flush.
 const REPLY_BATCH_MAX: usize = 64;
@@ -48,8 +50,8 @@ impl<R: Send> Requests<R> {
         }
     }
 
-    /// The queue a request's task sends its reply and permit to.
-    pub fn replies(&self) -> &Arc<ReplyQueue<R>> {
+    /// The replies waiting to be written, with their permits.
+    pub fn replies(&self) -> &ReplyQueue<R> {
         &self.replies
     }
 
@@ -78,6 +80,29 @@ impl<R: Send> Requests<R> {
                 }
             }
         }
+    }
+
+    /// Runs a request on its own task; `to_reply` turns its answer into the
+    /// reply, which queues with `permit` until it is written.
+    pub fn spawn_call(
+        &self,
+        ctx: RpcContext,
+        permit: OwnedSemaphorePermit,
+        route: String,
+        body: serde_json::Value,
+        to_reply: impl FnOnce(Result<Answer, ApiError>) -> R + Send + 'static,
+    ) where
+        R: 'static,
+    {
+        let replies = self.replies.clone();
+        let tasks = ctx.state.tasks.clone();
+        tasks.spawn(async move {
+            let routes = ctx.state.clone();
+            let result = routes.routes.dispatch(ctx, &route, body).await;
+            // The permit holds a place in the queue; a closed queue means
+            // the session ended.
+            let _ = replies.try_send((to_reply(result), permit));
+        });
     }
 
     /// Writes `first` and the replies queued behind it, frees their

@@ -7,7 +7,6 @@
 //! (`?encoding=json`, the default, or `?encoding=binary`).
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -20,7 +19,6 @@ use conclave_core::limits::JSON_BODY_MAX_BYTES;
 use conclave_protocol::api::{JsonRequest, ResponsePayload, events};
 use conclave_protocol::{Decoded, FRAME_LEN_MAX_BYTES, decode_frame};
 use futures_util::SinkExt as _;
-use tokio::sync::OwnedSemaphorePermit;
 
 use crate::api_error::ApiError;
 use crate::listener::PeerAddr;
@@ -29,7 +27,7 @@ use crate::sessions::{CloseReason, PushEvent, SessionLink};
 use crate::state::AppState;
 use crate::transport::bearer_token;
 use crate::transport::frames::{self, FrameAction};
-use crate::transport::requests::{ReplyQueue, ReplyWriter, Requests};
+use crate::transport::requests::{ReplyWriter, Requests};
 
 /// WebSocket close codes: 1000 for an orderly end (kicked, shutdown), 1008
 /// when the client broke the protocol, 1011 when the server failed.
@@ -268,12 +266,9 @@ async fn on_json(
             timeout: write_timeout,
         })
         .await?;
-    spawn_call(
-        state,
-        caller,
-        peer_ip,
+    requests.spawn_call(
+        call_context(state, caller, peer_ip),
         permit,
-        requests.replies().clone(),
         request.route,
         request.body,
         move |result| Reply::Json(json_response(Some(request.id), result)),
@@ -319,12 +314,9 @@ async fn on_binary(
                         timeout: write_timeout,
                     })
                     .await?;
-                spawn_call(
-                    state,
-                    caller,
-                    peer_ip,
+                requests.spawn_call(
+                    call_context(state, caller, peer_ip),
                     permit,
-                    requests.replies().clone(),
                     route,
                     body,
                     move |result| Reply::Binary(frames::response_frame(request_id, result)),
@@ -359,30 +351,14 @@ impl ReplyWriter<Reply> for Out<'_> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn spawn_call(
-    state: &AppState,
-    caller: Caller,
-    peer_ip: IpAddr,
-    permit: OwnedSemaphorePermit,
-    replies: Arc<ReplyQueue<Reply>>,
-    route: String,
-    body: serde_json::Value,
-    to_reply: impl FnOnce(Result<Answer, ApiError>) -> Reply + Send + 'static,
-) {
-    let ctx = RpcContext {
+/// The context of a call made on this session.
+fn call_context(state: &AppState, caller: Caller, peer_ip: IpAddr) -> RpcContext {
+    RpcContext {
         state: state.clone(),
         caller: Some(caller),
         peer_ip,
         transport: "websocket",
-    };
-    let routes = state.clone();
-    state.tasks.spawn(async move {
-        let result = routes.routes.dispatch(ctx, &route, body).await;
-        // The permit travels with the reply until it is written, so the
-        // mailbox has room; a closed one means the session ended.
-        let _ = replies.try_send((to_reply(result), permit));
-    });
+    }
 }
 
 fn json_response(id: Option<u64>, result: Result<Answer, ApiError>) -> String {
