@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::messaging::{
     APPEND_EVENT_SQL, BUMP_CHANNEL_SQL, INSERT_FTS_SQL, INSERT_MESSAGE_SQL, MESSAGE_COLUMNS,
+    message_from,
 };
 use super::sql_id;
 use super::write_thread::{WriteThread, database};
@@ -285,11 +286,12 @@ fn insert_message(tx: &Connection, message: &OwnedMessage) -> Result<SendOutcome
                         sql_id(message.sender_device_id.get()),
                         message.client_msg_id
                     ],
-                    message_from,
+                    |row| message_from(row),
                 )
                 .optional()
         })
-        .map_err(database)?;
+        .map_err(database)?
+        .flatten();
     if let Some(found) = existing {
         return Ok(SendOutcome::Duplicate(found));
     }
@@ -397,26 +399,6 @@ fn recipients(tx: &Connection, channel: ChannelId) -> Result<Vec<UserId>, Storag
         .map_err(database)?;
     rows.map(|id| id.map(|id| UserId::new(id as u64)).map_err(database))
         .collect()
-}
-
-/// A message row selected with [`MESSAGE_COLUMNS`], in that order.
-fn message_from(row: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRecord> {
-    let id = |raw: i64| raw as u64;
-    Ok(MessageRecord {
-        id: MessageId::new(id(row.get(0)?)),
-        channel_id: ChannelId::new(id(row.get(1)?)),
-        pts: u64::try_from(row.get::<_, i64>(2)?).unwrap_or(0),
-        sender_id: UserId::new(id(row.get(3)?)),
-        sender_device_id: DeviceId::new(id(row.get(4)?)),
-        client_msg_id: row.get(5)?,
-        content: row.get(6)?,
-        reply_to: row.get::<_, Option<i64>>(7)?.map(|m| MessageId::new(id(m))),
-        mentions: row.get(8)?,
-        created_at_ms: row.get(9)?,
-        revoked_at_ms: row.get(10)?,
-        revoked_by: row.get::<_, Option<i64>>(11)?.map(|u| UserId::new(id(u))),
-        pinned: row.get::<_, i64>(12)? != 0,
-    })
 }
 
 /// Appends one document update; its sequence comes from the document row

@@ -85,28 +85,30 @@ pub(super) fn member_from<R: Columns>(row: &R) -> Result<MemberRecord, R::Error>
     })
 }
 
-fn message_from(row: &SqliteRow) -> Result<Option<MessageRecord>, sqlx::Error> {
-    let Some(id) = row.try_get::<Option<i64>, _>("msg_id")? else {
+/// The message of a row selected with [`MESSAGE_COLUMNS`]; `None` when the
+/// row has none (an outer join).
+pub(super) fn message_from<R: Columns>(row: &R) -> Result<Option<MessageRecord>, R::Error> {
+    let Some(id) = row.opt_int("msg_id")? else {
         return Ok(None);
     };
     Ok(Some(MessageRecord {
         id: MessageId::new(id as u64),
-        channel_id: ChannelId::new(row.try_get::<i64, _>("msg_channel_id")? as u64),
-        pts: pts(row.try_get("msg_pts")?),
-        sender_id: UserId::new(row.try_get::<i64, _>("msg_sender_id")? as u64),
-        sender_device_id: DeviceId::new(row.try_get::<i64, _>("msg_sender_device_id")? as u64),
-        client_msg_id: row.try_get("msg_client_msg_id")?,
-        content: row.try_get("msg_content")?,
+        channel_id: ChannelId::new(row.int("msg_channel_id")? as u64),
+        pts: pts(row.int("msg_pts")?),
+        sender_id: UserId::new(row.int("msg_sender_id")? as u64),
+        sender_device_id: DeviceId::new(row.int("msg_sender_device_id")? as u64),
+        client_msg_id: row.text("msg_client_msg_id")?,
+        content: row.opt_text("msg_content")?,
         reply_to: row
-            .try_get::<Option<i64>, _>("msg_reply_to")?
+            .opt_int("msg_reply_to")?
             .map(|id| MessageId::new(id as u64)),
-        mentions: row.try_get("msg_mentions")?,
-        created_at_ms: row.try_get("msg_created_at")?,
-        revoked_at_ms: row.try_get("msg_revoked_at")?,
+        mentions: row.text("msg_mentions")?,
+        created_at_ms: row.int("msg_created_at")?,
+        revoked_at_ms: row.opt_int("msg_revoked_at")?,
         revoked_by: row
-            .try_get::<Option<i64>, _>("msg_revoked_by")?
+            .opt_int("msg_revoked_by")?
             .map(|id| UserId::new(id as u64)),
-        pinned: row.try_get::<i64, _>("msg_pinned")? != 0,
+        pinned: row.int("msg_pinned")? != 0,
     }))
 }
 
