@@ -334,7 +334,7 @@ impl Connection {
     pub async fn call<R: Route>(&self, request: &R) -> Result<R::Response, ClientError> {
         let body = envelope::to_body(R::NAME, request)?;
         let response = self.timed_exchange(R::NAME, body).await?;
-        envelope::typed(R::NAME, &response)
+        envelope::typed(R::NAME, response.get().as_bytes())
     }
 
     /// Calls a route with any JSON body and returns the response body as is.
@@ -344,7 +344,7 @@ impl Connection {
     /// As [`Connection::call`], without the type check.
     pub async fn call_raw(&self, route: &str, body: Value) -> Result<Value, ClientError> {
         let response = self.timed_exchange(route, body).await?;
-        envelope::typed(route, &response)
+        envelope::typed(route, response.get().as_bytes())
     }
 
     async fn timed_exchange(&self, route: &str, body: Value) -> Result<Box<RawValue>, ClientError> {

@@ -28,19 +28,9 @@ fn empty_object() -> Box<RawValue> {
     RawValue::from_string("{}".to_owned()).unwrap_or_else(|_| unreachable!("`{{}}` is JSON"))
 }
 
-/// Parses a response body into the route's response type.
-pub(crate) fn typed<T: DeserializeOwned>(route: &str, body: &RawValue) -> Result<T, ClientError> {
-    serde_json::from_str(body.get()).map_err(|err| {
-        ClientError::Protocol(format!(
-            "the response of `{route}` does not match its type: {err}"
-        ))
-    })
-}
-
-/// Parses a response body read as a JSON tree into the route's response
-/// type.
-pub(crate) fn typed_value<T: DeserializeOwned>(route: &str, body: Value) -> Result<T, ClientError> {
-    serde_json::from_value(body).map_err(|err| {
+/// Parses a response body (JSON text) into the route's response type.
+pub(crate) fn typed<T: DeserializeOwned>(route: &str, body: &[u8]) -> Result<T, ClientError> {
+    serde_json::from_slice(body).map_err(|err| {
         ClientError::Protocol(format!(
             "the response of `{route}` does not match its type: {err}"
         ))

@@ -70,8 +70,8 @@ impl HttpClient {
     /// not match the route's response type.
     pub async fn call<R: Route>(&self, request: &R) -> Result<R::Response, ClientError> {
         let body = envelope::to_body(R::NAME, request)?;
-        let response = self.call_raw(R::NAME, body).await?;
-        envelope::typed_value(R::NAME, response)
+        let response = self.post(R::NAME, body).await?;
+        envelope::typed(R::NAME, &response)
     }
 
     /// Calls a route with any JSON body and returns the response body as is.
@@ -80,6 +80,14 @@ impl HttpClient {
     ///
     /// As [`HttpClient::call`], without the type check.
     pub async fn call_raw(&self, route: &str, body: Value) -> Result<Value, ClientError> {
+        let response = self.post(route, body).await?;
+        serde_json::from_slice(&response).map_err(|err| {
+            ClientError::Protocol(format!("the response of `{route}` is not JSON: {err}"))
+        })
+    }
+
+    /// Posts `body` to `route`; the response body of a success.
+    async fn post(&self, route: &str, body: Value) -> Result<bytes::Bytes, ClientError> {
         let url = format!("{}/api/v1/{route}", self.base_url);
         let mut request = self.http.post(url).json(&body);
         if let Some(token) = &self.token {
@@ -90,9 +98,7 @@ impl HttpClient {
             let status = response.status();
             let bytes = response.bytes().await.map_err(transport)?;
             if status.is_success() {
-                serde_json::from_slice(&bytes).map_err(|err| {
-                    ClientError::Protocol(format!("the response of `{route}` is not JSON: {err}"))
-                })
+                Ok(bytes)
             } else {
                 Err(envelope::http_error(status.as_u16(), &bytes))
             }
