@@ -106,6 +106,23 @@ fn login(user: UserId, existing: Option<DeviceId>, refresh: u8) -> DeviceLogin<'
     }
 }
 
+/// Alice logged in on her phone, then her laptop (the device limit is two).
+async fn alice_on_two_devices(
+    storage: &Arc<dyn Storage>,
+) -> (crate::UserRecord, crate::DeviceRecord, crate::DeviceRecord) {
+    let user = alice(storage).await;
+    let accounts = storage.accounts();
+    let phone = accounts
+        .login_device(login(user.id, None, 1))
+        .await
+        .unwrap();
+    let laptop = accounts
+        .login_device(login(user.id, None, 2))
+        .await
+        .unwrap();
+    (user, phone, laptop)
+}
+
 pub async fn usernames_are_unique_ignoring_case(storage: Arc<dyn Storage>) {
     let user = alice(&storage).await;
     assert_eq!(user.username, "Alice", "the spelling is kept");
@@ -221,16 +238,8 @@ pub async fn devices_are_capped_renewed_and_listed(storage: Arc<dyn Storage>) {
 }
 
 pub async fn devices_are_seen_in_batches_and_never_back_in_time(storage: Arc<dyn Storage>) {
-    let user = alice(&storage).await;
+    let (user, phone, laptop) = alice_on_two_devices(&storage).await;
     let accounts = storage.accounts();
-    let phone = accounts
-        .login_device(login(user.id, None, 1))
-        .await
-        .unwrap();
-    let laptop = accounts
-        .login_device(login(user.id, None, 2))
-        .await
-        .unwrap();
     accounts.touch_devices(&[]).await.unwrap();
     assert_eq!(accounts.last_seen(user.id).await.unwrap(), Some(2_000));
 
@@ -301,16 +310,8 @@ pub async fn refresh_tokens_are_single_use_and_expire(storage: Arc<dyn Storage>)
 }
 
 pub async fn ending_sessions_invalidates_tokens_and_revoking_removes(storage: Arc<dyn Storage>) {
-    let user = alice(&storage).await;
+    let (user, phone, laptop) = alice_on_two_devices(&storage).await;
     let accounts = storage.accounts();
-    let phone = accounts
-        .login_device(login(user.id, None, 1))
-        .await
-        .unwrap();
-    let laptop = accounts
-        .login_device(login(user.id, None, 2))
-        .await
-        .unwrap();
 
     let kicked = accounts
         .end_device_sessions(user.id, &[phone.id], false, 4_000)
