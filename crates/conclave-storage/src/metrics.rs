@@ -41,6 +41,21 @@ static SEND_BATCH: LazyLock<prometheus::Histogram> = LazyLock::new(|| {
     histogram
 });
 
+static BATCH_RETRIES: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
+    let counter = prometheus::IntCounter::new(
+        "conclave_db_batch_retries_total",
+        "Group commits run again with a savepoint per write, after a write was refused midway.",
+    )
+    .expect("static counter definition is valid");
+    let _ = prometheus::register(Box::new(counter.clone()));
+    counter
+});
+
+/// Counts a group commit that had to run again with savepoints.
+pub(crate) fn count_batch_retry() {
+    BATCH_RETRIES.inc();
+}
+
 /// Records how many sends one group commit stored.
 pub(crate) fn observe_send_batch(size: usize) {
     SEND_BATCH.observe(size as f64);
@@ -65,4 +80,5 @@ pub(crate) async fn timed<T, E>(
 pub fn register() {
     LazyLock::force(&QUERY_DURATION);
     LazyLock::force(&SEND_BATCH);
+    LazyLock::force(&BATCH_RETRIES);
 }

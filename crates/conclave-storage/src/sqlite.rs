@@ -113,6 +113,60 @@ impl Columns for rusqlite::Row<'_> {
     }
 }
 
+/// Where each result column of a statement is, by name. A rusqlite row
+/// finds a column by comparing the name with every column's name in turn;
+/// on a wide join read for every message that search cost more than the
+/// reads. Built once per statement text and kept (the columns of a
+/// statement do not change while the process runs).
+pub(super) struct ColumnIndex(std::collections::HashMap<String, usize>);
+
+impl ColumnIndex {
+    pub fn of(statement: &rusqlite::Statement<'_>) -> Self {
+        // Reversed, so the first of two columns with one name wins, as in
+        // rusqlite's own lookup.
+        let names = statement.column_names().into_iter().enumerate().rev();
+        Self(names.map(|(at, name)| (name.to_owned(), at)).collect())
+    }
+
+    /// `row`, read through this index.
+    pub fn row<'r, 's>(&'r self, row: &'r rusqlite::Row<'s>) -> IndexedRow<'r, 's> {
+        IndexedRow { index: self, row }
+    }
+}
+
+/// A rusqlite row whose columns are found through a [`ColumnIndex`].
+pub(super) struct IndexedRow<'r, 's> {
+    index: &'r ColumnIndex,
+    row: &'r rusqlite::Row<'s>,
+}
+
+impl IndexedRow<'_, '_> {
+    fn get<T: rusqlite::types::FromSql>(&self, name: &str) -> Result<T, rusqlite::Error> {
+        match self.index.0.get(name) {
+            Some(&at) => self.row.get(at),
+            // Not in the index under this exact name: rusqlite's own
+            // (case-insensitive) search decides.
+            None => self.row.get(name),
+        }
+    }
+}
+
+impl Columns for IndexedRow<'_, '_> {
+    type Error = rusqlite::Error;
+    fn int(&self, name: &str) -> Result<i64, rusqlite::Error> {
+        self.get(name)
+    }
+    fn opt_int(&self, name: &str) -> Result<Option<i64>, rusqlite::Error> {
+        self.get(name)
+    }
+    fn text(&self, name: &str) -> Result<String, rusqlite::Error> {
+        self.get(name)
+    }
+    fn opt_text(&self, name: &str) -> Result<Option<String>, rusqlite::Error> {
+        self.get(name)
+    }
+}
+
 /// Whether a statement failed on a UNIQUE constraint.
 pub(super) fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
@@ -385,5 +439,27 @@ impl MetaStore for SqliteStorage {
             Ok(stored)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_indexed_row_reads_the_column_a_name_lookup_would() {
+        let connection = rusqlite::Connection::open_in_memory().unwrap();
+        let mut statement = connection
+            .prepare("SELECT 1 AS a, 'two' AS b, NULL AS c, 4 AS a")
+            .unwrap();
+        let index = ColumnIndex::of(&statement);
+        let mut rows = statement.query([]).unwrap();
+        let row = rows.next().unwrap().unwrap();
+        let indexed = index.row(row);
+        assert_eq!(indexed.int("a").unwrap(), 1, "the first of two `a`s");
+        assert_eq!(indexed.text("b").unwrap(), "two");
+        assert_eq!(indexed.opt_int("c").unwrap(), None);
+        assert_eq!(indexed.text("B").unwrap(), "two", "names match in any case");
+        assert!(indexed.int("d").is_err());
     }
 }

@@ -3,8 +3,8 @@
 //! With `synchronous=FULL` every SQLite commit waits for an fsync, which
 //! would cap writes at the disk's fsync rate. Instead one writer task takes
 //! every write waiting in its queue (up to [`BATCH_MAX`]), stores them in
-//! one transaction on the write thread, each inside its own savepoint so a
-//! refused write does not spoil its neighbours, commits once, hands the
+//! one transaction on the write thread (a refused write does not spoil its
+//! neighbours: see [`in_one_transaction`]), commits once, hands the
 //! committed events to the commit stream in order, and only then answers
 //! each writer: an answer still means "durably committed".
 
@@ -203,48 +203,135 @@ impl Writer {
 /// Stores the batch in one transaction and commits it (on the write
 /// thread). `Err` only when the transaction itself failed.
 fn store(connection: &mut Connection, work: &[Work]) -> Result<Outcomes, StorageError> {
-    let mut tx = connection
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .map_err(database)?;
+    let done = in_one_transaction(
+        connection,
+        work,
+        |tx, piece| match piece {
+            Work::Send(message) => store_send(tx, message).map(Done::Sent),
+            Work::Append(update) => store_update(tx, update).map(Done::Appended),
+        },
+        |tx, done| index_search_text(tx, work, done),
+    )?;
     let mut outcomes = Outcomes::default();
-    for piece in work {
-        // Each write in its own savepoint: a refused one rolls back alone.
-        let mut savepoint = tx.savepoint().map_err(database)?;
-        let refused = match piece {
-            Work::Send(message) => {
-                let stored = store_send(&savepoint, message);
-                let refused = stored.is_err();
-                outcomes.sends.push(stored);
-                refused
-            }
-            Work::Append(update) => {
-                let appended = store_update(&savepoint, update);
-                let refused = appended.is_err();
-                outcomes.appends.push(appended);
-                refused
-            }
-        };
-        if refused {
-            savepoint.rollback().map_err(database)?;
+    for (piece, done) in work.iter().zip(done) {
+        match piece {
+            Work::Send(_) => outcomes.sends.push(done.and_then(Done::sent)),
+            Work::Append(_) => outcomes.appends.push(done.and_then(Done::appended)),
         }
-        savepoint.commit().map_err(database)?;
     }
-    index_search_text(&tx, work, &outcomes.sends)?;
-    tx.commit().map_err(database)?;
     Ok(outcomes)
 }
 
-/// Indexes the search text of the batch's stored messages, after every
-/// savepoint: FTS5 writes its pending terms out as an index segment at each
-/// savepoint, so indexing inside them cost a segment per message; here the
-/// batch's terms are written once, at commit.
-fn index_search_text(tx: &Connection, work: &[Work], sends: &[Stored]) -> Result<(), StorageError> {
-    let messages = work.iter().filter_map(|piece| match piece {
-        Work::Send(message) => Some(message),
-        Work::Append(_) => None,
-    });
-    for (message, stored) in messages.zip(sends) {
-        let Ok((SendOutcome::Sent(event), _)) = stored else {
+/// What one stored write gave back.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "kept in one vector per batch and moved once; a box would cost an allocation per send"
+)]
+enum Done {
+    Sent((SendOutcome, Option<Vec<UserId>>)),
+    Appended(u64),
+}
+
+impl Done {
+    fn sent(self) -> Stored {
+        match self {
+            Self::Sent(sent) => Ok(sent),
+            Self::Appended(_) => Err(StorageError::Database("an append stored as a send".into())),
+        }
+    }
+
+    fn appended(self) -> Result<u64, StorageError> {
+        match self {
+            Self::Appended(seq) => Ok(seq),
+            Self::Sent(_) => Err(StorageError::Database("a send stored as an append".into())),
+        }
+    }
+}
+
+/// Runs `write` for every piece in one transaction, then `finish` with
+/// what they gave, then commits. A refused piece leaves no trace and does
+/// not spoil its neighbours.
+///
+/// A savepoint per piece would guarantee that, but it costs a copy of
+/// every page the piece touches, and almost every refusal (not a member, a
+/// duplicate, no such document) comes from a check before the piece writes
+/// anything. So the pieces first run without savepoints; if one is refused
+/// after it changed rows, the transaction is rolled back and the batch runs
+/// again with a savepoint per piece. `Err` only when the transaction itself
+/// failed: then nothing of the batch is stored.
+fn in_one_transaction<P, R>(
+    connection: &mut Connection,
+    pieces: &[P],
+    write: impl Fn(&Connection, &P) -> Result<R, StorageError>,
+    finish: impl Fn(&Connection, &[Result<R, StorageError>]) -> Result<(), StorageError>,
+) -> Result<Vec<Result<R, StorageError>>, StorageError> {
+    if let Some(done) = attempt(connection, pieces, &write, &finish, false)? {
+        return Ok(done);
+    }
+    crate::metrics::count_batch_retry();
+    attempt(connection, pieces, &write, &finish, true)?.ok_or_else(|| {
+        StorageError::Database("a batch with savepoints asked to be run again".into())
+    })
+}
+
+/// One run of [`in_one_transaction`]; `None` when a piece without a
+/// savepoint was refused after it wrote (the transaction is rolled back).
+fn attempt<P, R>(
+    connection: &mut Connection,
+    pieces: &[P],
+    write: &impl Fn(&Connection, &P) -> Result<R, StorageError>,
+    finish: &impl Fn(&Connection, &[Result<R, StorageError>]) -> Result<(), StorageError>,
+    savepoints: bool,
+) -> Result<Option<Vec<Result<R, StorageError>>>, StorageError> {
+    let mut tx = connection
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(database)?;
+    let mut done = Vec::with_capacity(pieces.len());
+    for piece in pieces {
+        let result = if savepoints {
+            let mut savepoint = tx.savepoint().map_err(database)?;
+            let result = write(&savepoint, piece);
+            if result.is_err() {
+                savepoint.rollback().map_err(database)?;
+            }
+            savepoint.commit().map_err(database)?;
+            result
+        } else {
+            let before = tx.total_changes();
+            let result = write(&tx, piece);
+            if result.is_err() && tx.total_changes() != before {
+                return Ok(None);
+            }
+            result
+        };
+        // Some failures (a full disk, an I/O error) make SQLite roll the
+        // whole transaction back; what follows would run outside it.
+        if let Err(err) = &result
+            && tx.is_autocommit()
+        {
+            return Err(StorageError::Database(format!(
+                "the transaction was rolled back: {err}"
+            )));
+        }
+        done.push(result);
+    }
+    finish(&tx, &done)?;
+    tx.commit().map_err(database)?;
+    Ok(Some(done))
+}
+
+/// Indexes the search text of the batch's stored messages, once, after
+/// every write: FTS5 writes its pending terms out as an index segment at
+/// each savepoint, so indexing per message could cost a segment each; here
+/// the batch's terms are written once, at commit.
+fn index_search_text(
+    tx: &Connection,
+    work: &[Work],
+    done: &[Result<Done, StorageError>],
+) -> Result<(), StorageError> {
+    for (piece, done) in work.iter().zip(done) {
+        let (Work::Send(message), Ok(Done::Sent((SendOutcome::Sent(event), _)))) = (piece, done)
+        else {
             continue;
         };
         let (Some(id), Some(text)) = (
@@ -421,4 +508,100 @@ fn store_update(tx: &Connection, update: &OwnedUpdate) -> Result<u64, StorageErr
     })
     .map_err(database)?;
     Ok(u64::try_from(head).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    /// A table where a piece `x` stores `x` and then `10 * x`; the second
+    /// row is refused past 99. Negative pieces are refused before they
+    /// write anything.
+    fn table() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let connection = Connection::open(dir.path().join("batch.db")).unwrap();
+        connection
+            .execute_batch("CREATE TABLE t (x INTEGER NOT NULL CHECK (x < 100));")
+            .unwrap();
+        (dir, connection)
+    }
+
+    fn write(tx: &Connection, piece: &i64) -> Result<i64, StorageError> {
+        if *piece < 0 {
+            return Err(StorageError::Invalid(format!("{piece} is negative")));
+        }
+        for x in [*piece, piece * 10] {
+            tx.execute("INSERT INTO t (x) VALUES (?)", [x])
+                .map_err(database)?;
+        }
+        Ok(*piece)
+    }
+
+    fn rows(connection: &Connection) -> Vec<i64> {
+        let mut statement = connection.prepare("SELECT x FROM t ORDER BY x").unwrap();
+        let rows = statement.query_map([], |row| row.get(0)).unwrap();
+        rows.map(Result::unwrap).collect()
+    }
+
+    fn outcomes(done: &[Result<i64, StorageError>]) -> Vec<Option<i64>> {
+        done.iter().map(|d| d.as_ref().ok().copied()).collect()
+    }
+
+    #[test]
+    fn a_piece_refused_before_writing_needs_no_second_run() {
+        let (_dir, mut connection) = table();
+        let runs = Cell::new(0);
+        let done = in_one_transaction(
+            &mut connection,
+            &[1, -1, 2],
+            |tx, piece| {
+                runs.set(runs.get() + 1);
+                write(tx, piece)
+            },
+            |_, _| Ok(()),
+        )
+        .unwrap();
+        assert_eq!(outcomes(&done), [Some(1), None, Some(2)]);
+        assert_eq!(rows(&connection), [1, 2, 10, 20]);
+        assert_eq!(runs.get(), 3, "one run, no savepoints");
+    }
+
+    #[test]
+    fn a_piece_refused_after_writing_leaves_no_trace_and_spoils_no_neighbour() {
+        let (_dir, mut connection) = table();
+        let runs = Cell::new(0);
+        let seen = Cell::new(0);
+        let done = in_one_transaction(
+            &mut connection,
+            &[1, 50, 2, -3, 4],
+            |tx, piece| {
+                runs.set(runs.get() + 1);
+                write(tx, piece)
+            },
+            |tx, done| {
+                // `finish` runs inside the transaction, after the pieces.
+                seen.set(done.len());
+                tx.execute("INSERT INTO t (x) VALUES (99)", [])
+                    .map_err(database)?;
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(outcomes(&done), [Some(1), None, Some(2), None, Some(4)]);
+        assert_eq!(rows(&connection), [1, 2, 4, 10, 20, 40, 99], "50 is gone");
+        assert_eq!(runs.get(), 2 + 5, "stopped at 50, then ran again");
+        assert_eq!(seen.get(), 5);
+    }
+
+    #[test]
+    fn a_failed_finish_stores_nothing() {
+        let (_dir, mut connection) = table();
+        let failed = in_one_transaction(&mut connection, &[1, 2], write, |_, _| {
+            Err(StorageError::Database("no".into()))
+        });
+        assert!(failed.is_err());
+        assert!(rows(&connection).is_empty());
+    }
 }

@@ -7,7 +7,7 @@ use sqlx::sqlite::SqliteRow;
 
 use super::social::{PRIVACY_COLUMNS, privacy_from, relation_columns, relation_from};
 use super::sql_id;
-use super::{BACKEND, Columns, SqliteStorage};
+use super::{BACKEND, ColumnIndex, Columns, SqliteStorage};
 use crate::metrics::timed;
 use crate::{
     Audience, ChannelKind, ChannelRecord, ChannelSummary, Committed, EventRecord, MemberFlag,
@@ -272,12 +272,15 @@ impl SqliteStorage {
         // `inline_reads`).
         timed(BACKEND, "write_context", async {
             self.reads.run(|connection| {
+                static COLUMNS: std::sync::OnceLock<ColumnIndex> = std::sync::OnceLock::new();
                 let mut statement = connection.prepare_cached(&SQL)?;
+                let columns = COLUMNS.get_or_init(|| ColumnIndex::of(&statement));
                 let mut rows = statement
                     .query(rusqlite::params![sql_id(user.get()), sql_id(channel.get())])?;
                 let Some(row) = rows.next()? else {
                     return Ok(None);
                 };
+                let row = &columns.row(row);
                 let peer = match row.opt_int("peer_id")? {
                     Some(peer) => Some(PeerContext {
                         user_id: UserId::new(peer as u64),
