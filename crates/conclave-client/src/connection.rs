@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use conclave_core::ChannelId;
 use conclave_protocol::api::{AckPayload, EventPayload, Route};
-use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
@@ -51,7 +51,7 @@ impl Encoding {
 }
 
 /// An event the server pushed.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Event {
     /// One of [`crate::api::events`], e.g. `user/updated`.
     pub name: String,
@@ -59,31 +59,51 @@ pub struct Event {
     pub channel_id: Option<ChannelId>,
     /// Its position in the channel's event log, if it has one.
     pub pts: Option<u64>,
-    pub body: Value,
+    /// The body as the server encoded it (a JSON object), parsed only when
+    /// asked for: [`Event::body_as`] into a type, [`Event::body`] into a
+    /// JSON tree.
+    pub raw_body: Box<RawValue>,
 }
 
 impl Event {
-    pub(crate) fn from_payload(payload: EventPayload) -> Self {
+    pub(crate) fn from_payload(payload: EventPayload<Box<RawValue>>) -> Self {
         Self {
             name: payload.event,
             channel_id: payload.channel_id,
             pts: payload.pts,
-            body: payload.body,
+            raw_body: payload.body,
         }
     }
 
     /// The body as a typed value, e.g. a `UserProfile` for `user/updated`.
+    /// `T` may borrow from the event (`&str` fields, say).
     ///
     /// # Errors
     ///
     /// [`ClientError::Protocol`] if the body does not match `T`.
-    pub fn body_as<T: DeserializeOwned>(&self) -> Result<T, ClientError> {
-        serde_json::from_value(self.body.clone()).map_err(|err| {
+    pub fn body_as<'a, T: Deserialize<'a>>(&'a self) -> Result<T, ClientError> {
+        serde_json::from_str(self.raw_body.get()).map_err(|err| {
             ClientError::Protocol(format!(
                 "the body of event `{}` does not match its type: {err}",
                 self.name
             ))
         })
+    }
+
+    /// The body as a JSON tree (`Value::Null` in the impossible case that
+    /// the server's encoding is not JSON).
+    #[must_use]
+    pub fn body(&self) -> Value {
+        serde_json::from_str(self.raw_body.get()).unwrap_or(Value::Null)
+    }
+}
+
+impl PartialEq for Event {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+            && self.channel_id == other.channel_id
+            && self.pts == other.pts
+            && self.raw_body.get() == other.raw_body.get()
     }
 }
 

@@ -287,7 +287,7 @@ async fn calls_and_events_travel_over_every_transport() {
                 .unwrap_or_else(|err| panic!("{transport:?} {who}: {err}"))
                 .unwrap_or_else(|| panic!("{transport:?} {who}: closed"));
             assert_eq!(event.name, events::USER_UPDATED);
-            assert_eq!(event.body["bio"], json!("from the WebSocket"));
+            assert_eq!(event.body()["bio"], json!("from the WebSocket"));
         }
         // The updating session's own event is not echoed to it.
         match ws.next_event_timeout(QUIET_PERIOD).await {

@@ -175,7 +175,7 @@ async fn sessions_see_each_other_and_profile_updates_reach_the_others() {
                 .unwrap_or_else(|err| panic!("{who}: {err}"))
                 .unwrap_or_else(|| panic!("{who}: connection closed"));
             assert_eq!(event.name, events::USER_UPDATED, "{who}");
-            assert_eq!(event.body["bio"], json!(bio), "{who}");
+            assert_eq!(event.body()["bio"], json!(bio), "{who}");
             assert_eq!((event.channel_id, event.pts), (None, None), "{who}");
             let profile: UserProfile = event.body_as().expect("a profile");
             assert_eq!(profile, updated, "{who}");
@@ -248,9 +248,9 @@ async fn a_kicked_device_is_closed_at_once_and_may_log_in_again() {
             .expect("event");
         let changed = changed.expect("still open");
         assert_eq!(changed.name, events::INBOX_NEW);
-        assert_eq!(changed.body["event"], events::DEVICE_ENDED);
+        assert_eq!(changed.body()["event"], events::DEVICE_ENDED);
         assert_eq!(
-            changed.body["body"]["device_ids"],
+            changed.body()["body"]["device_ids"],
             json!([second.device_id])
         );
         let inbox = conn1b
@@ -261,7 +261,7 @@ async fn a_kicked_device_is_closed_at_once_and_may_log_in_again() {
             .await
             .unwrap();
         let last = inbox.events.last().unwrap();
-        assert_eq!(last.pts, changed.body["pts"].as_u64().unwrap());
+        assert_eq!(last.pts, changed.body()["pts"].as_u64().unwrap());
         assert_eq!(last.event, events::DEVICE_ENDED);
         assert_eq!(inbox.current_pts, last.pts);
         assert!(!inbox.has_more);

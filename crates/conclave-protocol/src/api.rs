@@ -101,14 +101,16 @@ pub struct ResponsePayload<B = serde_json::Value> {
 
 /// A pushed event. In a binary `Event` frame, `channel_id` and `pts` travel
 /// in the frame header and are omitted here; in JSON mode they are fields.
+/// The body is a JSON tree by default; a reader that parses it into a type
+/// later uses `Box<serde_json::value::RawValue>`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EventPayload {
+pub struct EventPayload<B = serde_json::Value> {
     pub event: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel_id: Option<conclave_core::ChannelId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pts: Option<u64>,
-    pub body: serde_json::Value,
+    pub body: B,
 }
 
 /// The payload of a `Goaway` frame (and the close reason of a WebSocket).

@@ -149,7 +149,7 @@ async fn listen(
                     "event": event.name,
                     "channel_id": event.channel_id,
                     "pts": event.pts,
-                    "body": event.body,
+                    "body": event.raw_body,
                 });
                 println!("{line}");
                 seen += 1;

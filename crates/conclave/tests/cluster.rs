@@ -177,10 +177,10 @@ async fn three_nodes_serve_one_community(bus: &str) {
     assert!(!statuses.statuses[0].online, "dave is not connected yet");
     let dave_b = cluster.connect(b, &dave).await;
     let online = wait_for_event(&mut carol_c, "dave online", |e| {
-        e.name == "presence/changed" && e.body["user_id"] == dave.user_id.to_string()
+        e.name == "presence/changed" && e.body()["user_id"] == dave.user_id.to_string()
     })
     .await;
-    assert_eq!(online.body["online"], true, "{online:?}");
+    assert_eq!(online.body()["online"], true, "{online:?}");
     let status = cluster
         .http(a)
         .with_token(&alice.token)
@@ -192,10 +192,10 @@ async fn three_nodes_serve_one_community(bus: &str) {
     assert!(status.online, "node A sees dave online on node B");
     dave_b.close().await;
     let offline = wait_for_event(&mut carol_c, "dave offline", |e| {
-        e.name == "presence/changed" && e.body["user_id"] == dave.user_id.to_string()
+        e.name == "presence/changed" && e.body()["user_id"] == dave.user_id.to_string()
     })
     .await;
-    assert_eq!(offline.body["online"], false, "{offline:?}");
+    assert_eq!(offline.body()["online"], false, "{offline:?}");
 
     let mut alice_a = cluster.connect(a, &alice).await;
     let mut alice_c = cluster.connect(c, &alice2).await;
@@ -231,7 +231,7 @@ async fn three_nodes_serve_one_community(bus: &str) {
             e.name == "typing"
         })
         .await;
-        assert_eq!(typing.body["user_id"], bob.user_id.to_string(), "{name}");
+        assert_eq!(typing.body()["user_id"], bob.user_id.to_string(), "{name}");
     }
 
     // Everyone sends at once, from every node.
@@ -363,7 +363,7 @@ async fn a_killed_node_loses_no_acknowledged_message() {
         .expect("presence/subscribe");
     let _dave_b = cluster.connect(b, &dave).await;
     wait_for_event(&mut carol_c, "dave online", |e| {
-        e.name == "presence/changed" && e.body["online"] == true
+        e.name == "presence/changed" && e.body()["online"] == true
     })
     .await;
 
@@ -477,11 +477,11 @@ async fn a_killed_node_loses_no_acknowledged_message() {
     // carol (on C) is told.
     let offline = wait_for_event(&mut carol_c, "dave offline after the TTL", |e| {
         e.name == "presence/changed"
-            && e.body["user_id"] == dave.user_id.to_string()
-            && e.body["online"] == false
+            && e.body()["user_id"] == dave.user_id.to_string()
+            && e.body()["online"] == false
     })
     .await;
-    assert_eq!(offline.body["online"], false);
+    assert_eq!(offline.body()["online"], false);
     let status = cluster
         .http(a)
         .with_token(&alice.token)

@@ -254,8 +254,8 @@ impl Live {
 
 fn is_inbox(event: &Event, kind: &str, group: GroupId) -> bool {
     event.name == "inbox/new"
-        && event.body["event"] == kind
-        && event.body["body"]["group_id"] == json!(group)
+        && event.body()["event"] == kind
+        && event.body()["body"]["group_id"] == json!(group)
 }
 
 /// The refusal code of a call that must fail.
@@ -884,17 +884,17 @@ async fn a_group_lives_through_invitations_codes_moderation_kicks_and_a_handover
         .find(|e| e.name == "group/member_removed")
         .unwrap_or_else(|| panic!("kim heard nothing of the kick: {heard:#?}"));
     assert_eq!(removal.pts, Some(kick_pts));
-    assert_eq!(removal.body["user_id"], json!(kim.id));
+    assert_eq!(removal.body()["user_id"], json!(kim.id));
     let told = heard
         .iter()
         .find(|e| is_inbox(e, "group/removed", group))
         .unwrap_or_else(|| panic!("no live inbox entry for the kick: {heard:#?}"));
-    assert_eq!(told.body["body"]["reason"], "kicked");
+    assert_eq!(told.body()["body"]["reason"], "kicked");
     let removed = kim.inbox("group/removed", group).await;
     assert_eq!(removed.len(), 1);
     assert_eq!(removed[0].body["reason"], "kicked");
     assert_eq!(removed[0].body["by"], json!(alice.id));
-    assert_eq!(json!(told.body["pts"]), json!(removed[0].pts));
+    assert_eq!(json!(told.body()["pts"]), json!(removed[0].pts));
     assert_eq!(
         code_of(kim.http.call(&history(channel)).await, "kim's history"),
         "not_member"
@@ -1036,7 +1036,7 @@ async fn a_group_lives_through_invitations_codes_moderation_kicks_and_a_handover
         .received
         .iter()
         .filter(|e| e.channel_id == Some(channel))
-        .map(|e| (e.pts.expect("a pts"), e.name.clone(), e.body.clone()))
+        .map(|e| (e.pts.expect("a pts"), e.name.clone(), e.body()))
         .collect();
     let synced: Vec<(u64, String, Value)> = events
         .iter()

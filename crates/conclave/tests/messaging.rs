@@ -395,7 +395,7 @@ async fn an_offline_device_catches_up_on_500_messages_and_reads_reach_every_devi
     assert_eq!(read.name, "message/read", "{read:?}");
     assert_eq!(read.channel_id, Some(channel));
     assert_eq!(read.pts, Some(MESSAGES + 1), "the read receipt's own pts");
-    assert_eq!(read.body["user_id"], json!(bob_phone.user_id), "{read:?}");
+    assert_eq!(read.body()["user_id"], json!(bob_phone.user_id), "{read:?}");
     // The reading session has its answer and no echo.
     assert_no_channel_event(&mut laptop, "bob's laptop").await;
     // The sync log has the receipt right after the messages.
@@ -408,7 +408,7 @@ async fn an_offline_device_catches_up_on_500_messages_and_reads_reach_every_devi
     assert_eq!(after.events[0].pts, MESSAGES + 1);
     // A pts is a number on the wire everywhere else (`pts`, `read_pts` of
     // `message/status/read_pts`), so it is one in the receipt too.
-    assert_eq!(read.body["read_pts"], json!(MESSAGES), "{read:?}");
+    assert_eq!(read.body()["read_pts"], json!(MESSAGES), "{read:?}");
 
     drop(alice_conn);
 }
@@ -611,12 +611,12 @@ async fn messages_and_revokes_reach_every_other_session_and_the_window_is_enforc
         assert_eq!(event.channel_id, Some(channel), "{who}");
         assert_eq!(event.pts, Some(revoked.pts), "{who}");
         assert_eq!(
-            event.body["message_id"],
+            event.body()["message_id"],
             json!(first.message_id),
             "{who}: {event:?}"
         );
         assert_eq!(
-            event.body["revoked_by"],
+            event.body()["revoked_by"],
             json!(alice_laptop.user_id),
             "{who}"
         );

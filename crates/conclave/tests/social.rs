@@ -262,11 +262,11 @@ async fn next_inbox(conn: &mut Connection, who: &str, kind: &str) -> InboxEntry 
 async fn next_presence(conn: &mut Connection, who: &str, user: &AuthGrant, online: bool) {
     let event = next_event(conn, who, events::PRESENCE_CHANGED).await;
     assert_eq!(
-        event.body["user_id"],
+        event.body()["user_id"],
         json!(user.user_id),
         "{who}: {event:?}"
     );
-    assert_eq!(event.body["online"], json!(online), "{who}: {event:?}");
+    assert_eq!(event.body()["online"], json!(online), "{who}: {event:?}");
 }
 
 async fn subscribe(conn: &Connection, user: &AuthGrant) -> PresenceStatus {

@@ -94,7 +94,7 @@ fn interpret(frame: Frame) -> Option<Inbound<Bytes>> {
                 .and_then(envelope::response_result);
             Some(Inbound::Response { id, result })
         }
-        FrameType::Event => match parse_json_payload::<EventPayload>(&frame) {
+        FrameType::Event => match parse_json_payload::<EventPayload<Box<RawValue>>>(&frame) {
             Ok(payload) => {
                 let mut event = Event::from_payload(payload);
                 // The header carries channel and pts, 0 meaning none; the
@@ -331,7 +331,7 @@ mod tests {
         assert_eq!(event.name, "message/new");
         assert_eq!(event.channel_id, Some(ChannelId::new(9)));
         assert_eq!(event.pts, Some(1234));
-        assert_eq!(event.body, json!({"text": "hi"}));
+        assert_eq!(event.body(), json!({"text": "hi"}));
 
         let event = connection.next_event_timeout(STEP_TIMEOUT).await;
         let event = event.ok().flatten().expect("an event");

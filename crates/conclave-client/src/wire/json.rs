@@ -1,8 +1,10 @@
 //! The JSON encoding: envelopes in WebSocket text messages.
 
+use conclave_core::ChannelId;
 use conclave_core::limits::JSON_BODY_MAX_BYTES;
-use conclave_protocol::api::{EventPayload, GoawayPayload, JsonRequest, ResponsePayload};
-use serde::Deserialize as _;
+use conclave_protocol::api::{
+    ErrorBody, EventPayload, GoawayPayload, JsonRequest, ResponsePayload,
+};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Message;
@@ -76,44 +78,61 @@ impl Wire for JsonWire {
 
 /// What a text message from the server means: a goaway
 /// (`{"goaway":{..}}`), an event (`{"event":..}`) or a response
-/// (`{"id":..,"ok":..}`).
+/// (`{"id":..,"ok":..}`). Read in one pass; bodies stay encoded until the
+/// caller parses them into their types.
 fn interpret(text: &str) -> Option<Inbound<Message>> {
-    let value: Value = match serde_json::from_str(text) {
-        Ok(value) => value,
-        Err(err) => {
-            tracing::warn!(error = %err, "ignoring a text message that is not JSON");
-            return None;
-        }
-    };
-    if let Some(goaway) = value.get("goaway") {
-        return Some(match GoawayPayload::deserialize(goaway) {
-            Ok(goaway) => Inbound::Goaway(goaway.into()),
-            Err(err) => Inbound::Fatal(format!("unreadable goaway: {err}")),
-        });
+    /// Every field any of the three kinds has.
+    #[derive(serde::Deserialize)]
+    struct Text {
+        goaway: Option<Box<RawValue>>,
+        event: Option<String>,
+        channel_id: Option<ChannelId>,
+        pts: Option<u64>,
+        id: Option<u64>,
+        ok: Option<bool>,
+        body: Option<Box<RawValue>>,
+        error: Option<ErrorBody>,
     }
-    if value.get("event").is_some() {
-        return match serde_json::from_value::<EventPayload>(value) {
-            Ok(payload) => Some(Inbound::Event(Event::from_payload(payload))),
-            Err(err) => {
-                tracing::warn!(error = %err, "ignoring an unreadable event");
-                None
-            }
-        };
-    }
-    // Read again from the text, so the body stays encoded until the caller
-    // parses it into its type.
-    let response = match serde_json::from_str::<ResponsePayload<Box<RawValue>>>(text) {
-        Ok(response) => response,
+    let message: Text = match serde_json::from_str(text) {
+        Ok(message) => message,
         Err(err) => {
             tracing::warn!(error = %err, "ignoring a text message that is neither response, event nor goaway");
             return None;
         }
     };
-    let Some(id) = response.id else {
+    if let Some(goaway) = message.goaway {
+        return Some(match serde_json::from_str::<GoawayPayload>(goaway.get()) {
+            Ok(goaway) => Inbound::Goaway(goaway.into()),
+            Err(err) => Inbound::Fatal(format!("unreadable goaway: {err}")),
+        });
+    }
+    if let Some(name) = message.event {
+        let Some(body) = message.body else {
+            tracing::warn!(event = %name, "ignoring an event without a body");
+            return None;
+        };
+        return Some(Inbound::Event(Event::from_payload(EventPayload {
+            event: name,
+            channel_id: message.channel_id,
+            pts: message.pts,
+            body,
+        })));
+    }
+    let Some(ok) = message.ok else {
+        tracing::warn!("ignoring a text message that is neither response, event nor goaway");
+        return None;
+    };
+    let Some(id) = message.id else {
         // The server could not read the id of one of our requests; we never
         // send such requests, and there is no call to hand the error to.
-        tracing::warn!(error = ?response.error, "the server answered a request without an id");
+        tracing::warn!(error = ?message.error, "the server answered a request without an id");
         return None;
+    };
+    let response = ResponsePayload {
+        id: Some(id),
+        ok,
+        body: message.body,
+        error: message.error,
     };
     Some(Inbound::Response {
         id,
@@ -146,6 +165,32 @@ mod tests {
         assert!(interpret("not json").is_none());
         assert!(
             interpret(r#"{"ok":false,"error":{"code":"invalid_json","message":"m"}}"#).is_none()
+        );
+    }
+
+    #[test]
+    fn bodies_stay_as_sent_and_a_broken_goaway_ends_the_session() {
+        let event = interpret(r#"{"event":"message/new","body":{"text":"h\u00e9","n":[1, 2]}}"#);
+        let Some(Inbound::Event(event)) = event else {
+            panic!("not an event");
+        };
+        assert_eq!(event.raw_body.get(), r#"{"text":"h\u00e9","n":[1, 2]}"#);
+        assert_eq!(event.body()["text"], "h\u{e9}");
+        #[derive(serde::Deserialize)]
+        struct Text<'a> {
+            n: Vec<u8>,
+            #[serde(borrow)]
+            text: std::borrow::Cow<'a, str>,
+        }
+        let text: Text<'_> = event.body_as().unwrap();
+        assert_eq!((text.n, text.text.as_ref()), (vec![1, 2], "h\u{e9}"));
+        assert!(event.body_as::<Vec<u8>>().is_err(), "not a list");
+
+        let goaway = interpret(r#"{"goaway":{"code":7}}"#);
+        assert!(matches!(goaway, Some(Inbound::Fatal(_))), "not fatal");
+        assert!(
+            interpret(r#"{"event":"user/updated"}"#).is_none(),
+            "no body"
         );
     }
 }
