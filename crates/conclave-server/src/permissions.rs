@@ -82,7 +82,7 @@ pub(crate) async fn document_access(
         Err(err) if err.code == ErrorCode::NotMember => return Err(forbidden()),
         Err(err) => return Err(err),
     };
-    match may_write(state, &context, crate::unix_ms()).await {
+    match may_write(&context, crate::unix_ms()) {
         Ok(()) => Ok(Access::ReadWrite),
         Err(err) if err.code.http_status() < 500 => Ok(Access::ReadOnly),
         Err(err) => Err(err),
@@ -134,7 +134,7 @@ pub(crate) async fn writable(
     now_ms: i64,
 ) -> Result<(ChannelRecord, MemberRecord), ApiError> {
     let context = write_context(state, channel, user).await?;
-    may_write(state, &context, now_ms).await?;
+    may_write(&context, now_ms)?;
     Ok((context.channel, context.member))
 }
 
@@ -155,26 +155,14 @@ pub(crate) async fn write_context(
 /// May this member write to the channel now? Their own mute; in a group,
 /// the group's rules; in a direct channel, the blacklist and the peer's
 /// privacy.
-pub(crate) async fn may_write(
-    state: &AppState,
-    context: &WriteContext,
-    now_ms: i64,
-) -> Result<(), ApiError> {
+pub(crate) fn may_write(context: &WriteContext, now_ms: i64) -> Result<(), ApiError> {
     may_send(&context.member, now_ms)?;
     match context.channel.kind {
         ChannelKind::Group => {
-            let group = state
-                .storage
-                .groups()
-                .group_by_channel(context.channel.id)
-                .await?
+            let rules = context
+                .group
                 .ok_or_else(|| not_member(context.channel.id))?;
-            group_rule(
-                GroupAction::Send,
-                Standing::Member(role_of(&context.member)),
-                None,
-                &group,
-            )
+            may_speak(role_of(&context.member), rules.mute_all)
         }
         ChannelKind::Direct => match &context.peer {
             None => Ok(()),
@@ -437,6 +425,17 @@ pub(crate) const GROUP_RULES: &[(GroupAction, Need)] = &[
 
 /// Decides a group action from the table. `target` is the role of the
 /// member acted on, for actions that have one.
+/// While a group is muted, only its owner and admins write to it.
+fn may_speak(role: Role, mute_all: bool) -> Result<(), ApiError> {
+    if mute_all && role < Role::Admin {
+        return Err(ApiError::new(
+            ErrorCode::Muted,
+            "only the owner and admins may send while the group is muted",
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn group_rule(
     action: GroupAction,
     actor: Standing,
@@ -471,12 +470,7 @@ pub(crate) fn group_rule(
         Need::Inviter => moderator || invite_policy(group) == InvitePolicy::Members,
         Need::Outranks => target.is_some_and(|target| role > target),
         Need::Speaker => {
-            if !moderator && group.mute_all {
-                return Err(ApiError::new(
-                    ErrorCode::Muted,
-                    "only the owner and admins may send while the group is muted",
-                ));
-            }
+            may_speak(role, group.mute_all)?;
             true
         }
     };

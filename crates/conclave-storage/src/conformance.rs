@@ -1117,21 +1117,26 @@ pub async fn write_context_reads_what_single_reads_do(storage: Arc<dyn Storage>)
             let messages = storage.messages();
             let member = messages.member(channel, who).await.unwrap()?;
             let record = messages.channel(channel).await.unwrap()?;
-            let peer = match record.kind {
-                crate::ChannelKind::Group => None,
+            let (group, peer) = match record.kind {
+                crate::ChannelKind::Group => {
+                    let group = storage.groups().group_by_channel(channel).await.unwrap();
+                    (group.as_ref().map(crate::GroupRules::of), None)
+                }
                 crate::ChannelKind::Direct => {
                     let members = messages.members(channel).await.unwrap();
                     let peer = members.iter().find(|m| m.user_id != who)?.user_id;
-                    Some(crate::PeerContext {
+                    let peer = crate::PeerContext {
                         user_id: peer,
                         relation: storage.social().relation(who, peer).await.unwrap(),
                         privacy: storage.social().privacy(peer).await.unwrap(),
-                    })
+                    };
+                    (None, Some(peer))
                 }
             };
             Some(crate::WriteContext {
                 channel: record,
                 member,
+                group,
                 peer,
             })
         }
@@ -1155,7 +1160,11 @@ pub async fn write_context_reads_what_single_reads_do(storage: Arc<dyn Storage>)
     let peer = plain.peer.unwrap();
     assert_eq!((peer.user_id, peer.relation), (b, Default::default()));
     assert_eq!(peer.privacy, social.privacy(b).await.unwrap());
-    assert!(check(a, group.channel_id).await.unwrap().peer.is_none());
+    let in_group = check(a, group.channel_id).await.unwrap();
+    assert!(in_group.peer.is_none());
+    let rules = in_group.group.expect("the group's rules");
+    assert_eq!((rules.group_id, rules.mute_all), (group.id, false));
+    assert!(plain.group.is_none(), "no group rules in a direct channel");
     assert!(check(c, direct.id).await.is_none(), "not a member");
     assert!(
         check(a, conclave_core::ChannelId::new(direct.id.get() + 1000))
@@ -1179,6 +1188,18 @@ pub async fn write_context_reads_what_single_reads_do(storage: Arc<dyn Storage>)
     let other_side = check(b, direct.id).await.unwrap().peer.unwrap();
     assert_eq!(other_side.user_id, a);
     assert!(other_side.relation.a_blocked_b);
+
+    let mute = crate::GroupPatch {
+        mute_all: Some(true),
+        ..Default::default()
+    };
+    storage
+        .groups()
+        .change_group(group.id, a, &[], crate::GroupChange::Update(mute), 20, None)
+        .await
+        .unwrap();
+    let muted = check(b, group.channel_id).await.unwrap().group.unwrap();
+    assert!(muted.mute_all);
 }
 
 pub async fn concurrent_document_appends_lose_nothing(storage: Arc<dyn Storage>) {

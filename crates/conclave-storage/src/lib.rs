@@ -24,7 +24,7 @@ mod sqlite;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use conclave_core::{ChannelId, UserId};
+use conclave_core::{ChannelId, GroupId, UserId};
 
 pub use accounts::{AccountStore, DeviceLogin, DeviceRecord, NewUser, ProfileUpdate, UserRecord};
 pub use documents::{
@@ -93,8 +93,9 @@ pub trait Storage: Send + Sync + 'static {
     fn files(&self) -> &dyn FileStore;
 
     /// What deciding whether `user` may write to `channel` needs, read at
-    /// once: the channel, the membership and, in a direct channel, the peer
-    /// with the relation to them and their privacy. `None` when `user` is
+    /// once: the channel, the membership, in a group channel the group's
+    /// rules, and in a direct channel the peer with the relation to them and
+    /// their privacy. `None` when `user` is
     /// not a member (or the channel does not exist). Backends may answer it
     /// with one query; this default composes the single reads.
     async fn write_context(
@@ -106,23 +107,28 @@ pub trait Storage: Send + Sync + 'static {
         let Some((channel, member)) = messages.membership(channel, user).await? else {
             return Ok(None);
         };
-        let peer = match channel.kind {
-            ChannelKind::Group => None,
+        let (group, peer) = match channel.kind {
+            ChannelKind::Group => {
+                let group = self.groups().group_by_channel(channel.id).await?;
+                (group.map(|g| GroupRules::of(&g)), None)
+            }
             ChannelKind::Direct => {
                 let members = messages.members(channel.id).await?;
-                match members.iter().find(|m| m.user_id != user) {
+                let peer = match members.iter().find(|m| m.user_id != user) {
                     Some(peer) => Some(PeerContext {
                         user_id: peer.user_id,
                         relation: self.social().relation(user, peer.user_id).await?,
                         privacy: self.social().privacy(peer.user_id).await?,
                     }),
                     None => None,
-                }
+                };
+                (None, peer)
             }
         };
         Ok(Some(WriteContext {
             channel,
             member,
+            group,
             peer,
         }))
     }
@@ -133,9 +139,30 @@ pub trait Storage: Send + Sync + 'static {
 pub struct WriteContext {
     pub channel: ChannelRecord,
     pub member: MemberRecord,
+    /// The rules of a group channel's group (`None` in a direct channel, or
+    /// once the group is dissolved).
+    pub group: Option<GroupRules>,
     /// The other member of a direct channel (`None` in a group, or in a
     /// direct channel whose peer is gone).
     pub peer: Option<PeerContext>,
+}
+
+/// What of a group decides whether a member may write to its channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupRules {
+    pub group_id: GroupId,
+    /// Only the owner and admins may write.
+    pub mute_all: bool,
+}
+
+impl GroupRules {
+    #[must_use]
+    pub fn of(group: &GroupRecord) -> Self {
+        Self {
+            group_id: group.id,
+            mute_all: group.mute_all,
+        }
+    }
 }
 
 /// The other side of a direct channel, as the writer sees it.

@@ -1,7 +1,7 @@
 //! [`MessageStore`] on SQLite.
 
 use async_trait::async_trait;
-use conclave_core::{ChannelId, DeviceId, MessageId, UserId};
+use conclave_core::{ChannelId, DeviceId, GroupId, MessageId, UserId};
 use sqlx::Row as _;
 use sqlx::sqlite::SqliteRow;
 
@@ -10,9 +10,9 @@ use super::sql_id;
 use super::{BACKEND, ColumnIndex, Columns, SqliteStorage};
 use crate::metrics::timed;
 use crate::{
-    Audience, ChannelKind, ChannelRecord, ChannelSummary, Committed, EventRecord, MemberFlag,
-    MemberRecord, MessageRecord, MessageStore, NewMessage, PeerContext, ReactionOp, SendOutcome,
-    StorageError, WriteContext,
+    Audience, ChannelKind, ChannelRecord, ChannelSummary, Committed, EventRecord, GroupRules,
+    MemberFlag, MemberRecord, MessageRecord, MessageStore, NewMessage, PeerContext, ReactionOp,
+    SendOutcome, StorageError, WriteContext,
 };
 
 pub(super) type Tx<'a> = sqlx::Transaction<'a, sqlx::Sqlite>;
@@ -259,8 +259,10 @@ impl SqliteStorage {
     ) -> Result<Option<WriteContext>, StorageError> {
         static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
             format!(
-                "SELECT {CHANNEL_COLUMNS}, {MEMBER_COLUMNS}, peer.user_id AS peer_id, {relation}, {PRIVACY_COLUMNS} \
+                "SELECT {CHANNEL_COLUMNS}, {MEMBER_COLUMNS}, g.id AS g_id, g.mute_all AS g_mute_all, \
+                   peer.user_id AS peer_id, {relation}, {PRIVACY_COLUMNS} \
                  FROM channel_members cm JOIN channels c ON c.id = cm.channel_id \
+                 LEFT JOIN groups g ON g.channel_id = c.id AND g.dissolved_at IS NULL \
                  LEFT JOIN channel_members peer \
                    ON c.kind = 'direct' AND peer.channel_id = c.id AND peer.user_id <> cm.user_id \
                  LEFT JOIN privacy_settings p ON p.user_id = peer.user_id \
@@ -289,9 +291,17 @@ impl SqliteStorage {
                     }),
                     None => None,
                 };
+                let group = match row.opt_int("g_id")? {
+                    Some(id) => Some(GroupRules {
+                        group_id: GroupId::new(id as u64),
+                        mute_all: row.int("g_mute_all")? != 0,
+                    }),
+                    None => None,
+                };
                 Ok(Some(WriteContext {
                     channel: channel_from(row)?,
                     member: member_from(row)?,
+                    group,
                     peer,
                 }))
             })
