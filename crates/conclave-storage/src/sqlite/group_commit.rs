@@ -8,6 +8,8 @@
 //! committed events to the commit stream in order, and only then answers
 //! each writer: an answer still means "durably committed".
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
@@ -203,11 +205,12 @@ impl Writer {
 /// Stores the batch in one transaction and commits it (on the write
 /// thread). `Err` only when the transaction itself failed.
 fn store(connection: &mut Connection, work: &[Work]) -> Result<Outcomes, StorageError> {
+    let mut members = Members::default();
     let done = in_one_transaction(
         connection,
         work,
         |tx, piece| match piece {
-            Work::Send(message) => store_send(tx, message).map(Done::Sent),
+            Work::Send(message) => store_send(tx, &mut members, message).map(Done::Sent),
             Work::Append(update) => store_update(tx, update).map(Done::Appended),
         },
         |tx, done| index_search_text(tx, work, done),
@@ -262,14 +265,14 @@ impl Done {
 fn in_one_transaction<P, R>(
     connection: &mut Connection,
     pieces: &[P],
-    write: impl Fn(&Connection, &P) -> Result<R, StorageError>,
+    mut write: impl FnMut(&Connection, &P) -> Result<R, StorageError>,
     finish: impl Fn(&Connection, &[Result<R, StorageError>]) -> Result<(), StorageError>,
 ) -> Result<Vec<Result<R, StorageError>>, StorageError> {
-    if let Some(done) = attempt(connection, pieces, &write, &finish, false)? {
+    if let Some(done) = attempt(connection, pieces, &mut write, &finish, false)? {
         return Ok(done);
     }
     crate::metrics::count_batch_retry();
-    attempt(connection, pieces, &write, &finish, true)?.ok_or_else(|| {
+    attempt(connection, pieces, &mut write, &finish, true)?.ok_or_else(|| {
         StorageError::Database("a batch with savepoints asked to be run again".into())
     })
 }
@@ -279,7 +282,7 @@ fn in_one_transaction<P, R>(
 fn attempt<P, R>(
     connection: &mut Connection,
     pieces: &[P],
-    write: &impl Fn(&Connection, &P) -> Result<R, StorageError>,
+    write: &mut impl FnMut(&Connection, &P) -> Result<R, StorageError>,
     finish: &impl Fn(&Connection, &[Result<R, StorageError>]) -> Result<(), StorageError>,
     savepoints: bool,
 ) -> Result<Option<Vec<Result<R, StorageError>>>, StorageError> {
@@ -347,10 +350,25 @@ fn index_search_text(
     Ok(())
 }
 
-fn store_send(tx: &Connection, message: &OwnedMessage) -> Stored {
-    let outcome = insert_message(tx, message)?;
+/// The members of each channel a batch sends to, read once per batch.
+/// Exact for the whole batch: it holds the write transaction, and its sends
+/// and appends never change who is a member.
+#[derive(Default)]
+struct Members(HashMap<ChannelId, Vec<UserId>>);
+
+impl Members {
+    fn of(&mut self, tx: &Connection, channel: ChannelId) -> Result<&[UserId], StorageError> {
+        Ok(match self.0.entry(channel) {
+            Entry::Occupied(known) => known.into_mut(),
+            Entry::Vacant(unknown) => unknown.insert(read_members(tx, channel)?),
+        })
+    }
+}
+
+fn store_send(tx: &Connection, members: &mut Members, message: &OwnedMessage) -> Stored {
+    let outcome = insert_message(tx, members, message)?;
     let recipients = match &outcome {
-        SendOutcome::Sent(event) => Some(recipients(tx, event.channel_id)?),
+        SendOutcome::Sent(event) => Some(members.of(tx, event.channel_id)?.to_vec()),
         SendOutcome::Duplicate(_) => None,
     };
     Ok((outcome, recipients))
@@ -359,7 +377,11 @@ fn store_send(tx: &Connection, message: &OwnedMessage) -> Stored {
 /// Stores one message and its event: the rusqlite twin of the pool's
 /// `messaging::insert_message` rules (a repeated `client_msg_id` returns
 /// the original; only members send; a reply stays in its channel).
-fn insert_message(tx: &Connection, message: &OwnedMessage) -> Result<SendOutcome, StorageError> {
+fn insert_message(
+    tx: &Connection,
+    members: &mut Members,
+    message: &OwnedMessage,
+) -> Result<SendOutcome, StorageError> {
     let existing = tx
         .prepare_cached(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages m \
@@ -383,13 +405,10 @@ fn insert_message(tx: &Connection, message: &OwnedMessage) -> Result<SendOutcome
         return Ok(SendOutcome::Duplicate(found));
     }
     let channel = sql_id(message.channel_id.get());
-    let member = tx
-        .prepare_cached("SELECT 1 FROM channel_members WHERE channel_id = ? AND user_id = ?")
-        .and_then(|mut statement| {
-            statement.exists(params![channel, sql_id(message.sender_id.get())])
-        })
-        .map_err(database)?;
-    if !member {
+    if !members
+        .of(tx, message.channel_id)?
+        .contains(&message.sender_id)
+    {
         return Err(StorageError::NotFound(format!(
             "no channel {} with this member",
             message.channel_id
@@ -477,7 +496,7 @@ fn insert_message(tx: &Connection, message: &OwnedMessage) -> Result<SendOutcome
     }))
 }
 
-fn recipients(tx: &Connection, channel: ChannelId) -> Result<Vec<UserId>, StorageError> {
+fn read_members(tx: &Connection, channel: ChannelId) -> Result<Vec<UserId>, StorageError> {
     let mut statement = tx
         .prepare_cached("SELECT user_id FROM channel_members WHERE channel_id = ?")
         .map_err(database)?;
