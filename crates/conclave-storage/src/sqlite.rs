@@ -97,19 +97,31 @@ impl Columns for sqlx::sqlite::SqliteRow {
     }
 }
 
-impl Columns for rusqlite::Row<'_> {
+/// A rusqlite row read by column name: a plain row, or one read through a
+/// [`ColumnIndex`].
+pub(super) trait NamedColumns {
+    fn named<T: rusqlite::types::FromSql>(&self, name: &str) -> Result<T, rusqlite::Error>;
+}
+
+impl NamedColumns for rusqlite::Row<'_> {
+    fn named<T: rusqlite::types::FromSql>(&self, name: &str) -> Result<T, rusqlite::Error> {
+        self.get(name)
+    }
+}
+
+impl<R: NamedColumns> Columns for R {
     type Error = rusqlite::Error;
     fn int(&self, name: &str) -> Result<i64, rusqlite::Error> {
-        self.get(name)
+        self.named(name)
     }
     fn opt_int(&self, name: &str) -> Result<Option<i64>, rusqlite::Error> {
-        self.get(name)
+        self.named(name)
     }
     fn text(&self, name: &str) -> Result<String, rusqlite::Error> {
-        self.get(name)
+        self.named(name)
     }
     fn opt_text(&self, name: &str) -> Result<Option<String>, rusqlite::Error> {
-        self.get(name)
+        self.named(name)
     }
 }
 
@@ -140,30 +152,14 @@ pub(super) struct IndexedRow<'r, 's> {
     row: &'r rusqlite::Row<'s>,
 }
 
-impl IndexedRow<'_, '_> {
-    fn get<T: rusqlite::types::FromSql>(&self, name: &str) -> Result<T, rusqlite::Error> {
+impl NamedColumns for IndexedRow<'_, '_> {
+    fn named<T: rusqlite::types::FromSql>(&self, name: &str) -> Result<T, rusqlite::Error> {
         match self.index.0.get(name) {
             Some(&at) => self.row.get(at),
             // Not in the index under this exact name: rusqlite's own
             // (case-insensitive) search decides.
             None => self.row.get(name),
         }
-    }
-}
-
-impl Columns for IndexedRow<'_, '_> {
-    type Error = rusqlite::Error;
-    fn int(&self, name: &str) -> Result<i64, rusqlite::Error> {
-        self.get(name)
-    }
-    fn opt_int(&self, name: &str) -> Result<Option<i64>, rusqlite::Error> {
-        self.get(name)
-    }
-    fn text(&self, name: &str) -> Result<String, rusqlite::Error> {
-        self.get(name)
-    }
-    fn opt_text(&self, name: &str) -> Result<Option<String>, rusqlite::Error> {
-        self.get(name)
     }
 }
 
