@@ -11,7 +11,7 @@ use conclave_docs::Access;
 use conclave_protocol::api::account::{Audience, Privacy};
 use conclave_protocol::api::groups::{InvitePolicy, Role};
 use conclave_storage::{
-    ChannelKind, ChannelRecord, DocumentRecord, FileRecord, GroupRecord, MemberRecord,
+    ChannelKind, ChannelRecord, DocumentRecord, FileRecord, GroupRecord, GroupRules, MemberRecord,
     MessageRecord, PrivacyRecord, Relation, WriteContext,
 };
 
@@ -162,7 +162,12 @@ pub(crate) fn may_write(context: &WriteContext, now_ms: i64) -> Result<(), ApiEr
             let rules = context
                 .group
                 .ok_or_else(|| not_member(context.channel.id))?;
-            may_speak(role_of(&context.member), rules.mute_all)
+            group_rule(
+                GroupAction::Send,
+                Standing::Member(role_of(&context.member)),
+                None,
+                &rules,
+            )
         }
         ChannelKind::Direct => match &context.peer {
             None => Ok(()),
@@ -425,22 +430,11 @@ pub(crate) const GROUP_RULES: &[(GroupAction, Need)] = &[
 
 /// Decides a group action from the table. `target` is the role of the
 /// member acted on, for actions that have one.
-/// While a group is muted, only its owner and admins write to it.
-fn may_speak(role: Role, mute_all: bool) -> Result<(), ApiError> {
-    if mute_all && role < Role::Admin {
-        return Err(ApiError::new(
-            ErrorCode::Muted,
-            "only the owner and admins may send while the group is muted",
-        ));
-    }
-    Ok(())
-}
-
 pub(crate) fn group_rule(
     action: GroupAction,
     actor: Standing,
     target: Option<Role>,
-    group: &GroupRecord,
+    group: &GroupRules,
 ) -> Result<(), ApiError> {
     let need = GROUP_RULES
         .iter()
@@ -450,7 +444,7 @@ pub(crate) fn group_rule(
     let Standing::Member(role) = actor else {
         return Err(ApiError::new(
             ErrorCode::NotMember,
-            format!("you are not a member of group {}", group.id),
+            format!("you are not a member of group {}", group.group_id),
         ));
     };
     let moderator = role >= Role::Admin;
@@ -467,10 +461,15 @@ pub(crate) fn group_rule(
         }
         Need::Moderator => moderator,
         Need::Owner => role == Role::Owner,
-        Need::Inviter => moderator || invite_policy(group) == InvitePolicy::Members,
+        Need::Inviter => moderator || group.members_invite,
         Need::Outranks => target.is_some_and(|target| role > target),
         Need::Speaker => {
-            may_speak(role, group.mute_all)?;
+            if !moderator && group.mute_all {
+                return Err(ApiError::new(
+                    ErrorCode::Muted,
+                    "only the owner and admins may send while the group is muted",
+                ));
+            }
             true
         }
     };
@@ -492,9 +491,10 @@ pub(crate) fn additions_need_approval(actor: Standing, group: &GroupRecord) -> b
 
 /// The stored invite policy; anything unknown reads as the stricter one.
 pub(crate) fn invite_policy(group: &GroupRecord) -> InvitePolicy {
-    match group.invite_policy.as_str() {
-        "members" => InvitePolicy::Members,
-        _ => InvitePolicy::Admins,
+    if GroupRules::of(group).members_invite {
+        InvitePolicy::Members
+    } else {
+        InvitePolicy::Admins
     }
 }
 
@@ -685,8 +685,13 @@ mod tests {
             (Send, N, None, "members", false, outsider),
         ];
         for (action, actor, target, policy, mute_all, expected) in cases {
-            let got =
-                group_rule(*action, *actor, *target, &group(policy, *mute_all)).map_err(|e| e.code);
+            let got = group_rule(
+                *action,
+                *actor,
+                *target,
+                &GroupRules::of(&group(policy, *mute_all)),
+            )
+            .map_err(|e| e.code);
             assert_eq!(
                 got, *expected,
                 "{action:?} by {actor:?} on {target:?} (policy {policy}, mute_all {mute_all})"

@@ -147,21 +147,31 @@ pub struct WriteContext {
     pub peer: Option<PeerContext>,
 }
 
-/// What of a group decides whether a member may write to its channel.
+/// What of a group its permission rules read: who may write to its
+/// channel and who may invite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GroupRules {
     pub group_id: GroupId,
     /// Only the owner and admins may write.
     pub mute_all: bool,
+    /// Plain members may invite (the invite policy is `members`), not only
+    /// the owner and admins.
+    pub members_invite: bool,
 }
 
 impl GroupRules {
     #[must_use]
-    pub fn of(group: &GroupRecord) -> Self {
+    pub fn new(group_id: GroupId, mute_all: bool, invite_policy: &str) -> Self {
         Self {
-            group_id: group.id,
-            mute_all: group.mute_all,
+            group_id,
+            mute_all,
+            members_invite: invite_policy == "members",
         }
+    }
+
+    #[must_use]
+    pub fn of(group: &GroupRecord) -> Self {
+        Self::new(group.id, group.mute_all, &group.invite_policy)
     }
 }
 

@@ -15,8 +15,8 @@ use conclave_protocol::api::account::ShareCode;
 use conclave_protocol::api::groups::*;
 use conclave_protocol::api::{Empty, events};
 use conclave_storage::{
-    GroupChange, GroupChanged, GroupPatch, GroupRecord, JoinRequestRecord, MemberRecord, NewGroup,
-    StorageError,
+    GroupChange, GroupChanged, GroupPatch, GroupRecord, GroupRules, JoinRequestRecord,
+    MemberRecord, NewGroup, StorageError,
 };
 use serde_json::json;
 
@@ -87,7 +87,12 @@ impl Scope {
     }
 
     fn allow(&self, action: GroupAction, target: Option<Role>) -> Result<(), ApiError> {
-        group_rule(action, self.standing(), target, &self.group)
+        group_rule(
+            action,
+            self.standing(),
+            target,
+            &GroupRules::of(&self.group),
+        )
     }
 }
 
@@ -796,7 +801,7 @@ async fn qrcode_join(ctx: RpcContext, req: QrcodeJoin) -> Result<QrcodeJoined, A
         GroupAction::GenerateCode,
         issuer_standing,
         None,
-        &scope.group,
+        &GroupRules::of(&scope.group),
     )
     .is_err()
     {

@@ -217,9 +217,11 @@ fn store(connection: &mut Connection, work: &[Work]) -> Result<Outcomes, Storage
     )?;
     let mut outcomes = Outcomes::default();
     for (piece, done) in work.iter().zip(done) {
-        match piece {
-            Work::Send(_) => outcomes.sends.push(done.and_then(Done::sent)),
-            Work::Append(_) => outcomes.appends.push(done.and_then(Done::appended)),
+        match (piece, done) {
+            (_, Ok(Done::Sent(sent))) => outcomes.sends.push(Ok(sent)),
+            (_, Ok(Done::Appended(seq))) => outcomes.appends.push(Ok(seq)),
+            (Work::Send(_), Err(err)) => outcomes.sends.push(Err(err)),
+            (Work::Append(_), Err(err)) => outcomes.appends.push(Err(err)),
         }
     }
     Ok(outcomes)
@@ -233,22 +235,6 @@ fn store(connection: &mut Connection, work: &[Work]) -> Result<Outcomes, Storage
 enum Done {
     Sent((SendOutcome, Option<Vec<UserId>>)),
     Appended(u64),
-}
-
-impl Done {
-    fn sent(self) -> Stored {
-        match self {
-            Self::Sent(sent) => Ok(sent),
-            Self::Appended(_) => Err(StorageError::Database("an append stored as a send".into())),
-        }
-    }
-
-    fn appended(self) -> Result<u64, StorageError> {
-        match self {
-            Self::Appended(seq) => Ok(seq),
-            Self::Sent(_) => Err(StorageError::Database("a send stored as an append".into())),
-        }
-    }
 }
 
 /// Runs `write` for every piece in one transaction, then `finish` with

@@ -260,6 +260,7 @@ impl SqliteStorage {
         static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
             format!(
                 "SELECT {CHANNEL_COLUMNS}, {MEMBER_COLUMNS}, g.id AS g_id, g.mute_all AS g_mute_all, \
+                   g.invite_policy AS g_invite_policy, \
                    peer.user_id AS peer_id, {relation}, {PRIVACY_COLUMNS} \
                  FROM channel_members cm JOIN channels c ON c.id = cm.channel_id \
                  LEFT JOIN groups g ON g.channel_id = c.id AND g.dissolved_at IS NULL \
@@ -292,10 +293,11 @@ impl SqliteStorage {
                     None => None,
                 };
                 let group = match row.opt_int("g_id")? {
-                    Some(id) => Some(GroupRules {
-                        group_id: GroupId::new(id as u64),
-                        mute_all: row.int("g_mute_all")? != 0,
-                    }),
+                    Some(id) => Some(GroupRules::new(
+                        GroupId::new(id as u64),
+                        row.int("g_mute_all")? != 0,
+                        &row.text("g_invite_policy")?,
+                    )),
                     None => None,
                 };
                 Ok(Some(WriteContext {
