@@ -18,8 +18,7 @@ use rusqlite::{Connection, OptionalExtension as _, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::messaging::{
-    APPEND_EVENT_SQL, BUMP_CHANNEL_SQL, INSERT_FTS_SQL, INSERT_MESSAGE_SQL, MESSAGE_COLUMNS,
-    message_from,
+    APPEND_EVENT_SQL, INSERT_FTS_SQL, INSERT_MESSAGE_SQL, MESSAGE_COLUMNS, message_from,
 };
 use super::sql_id;
 use super::write_thread::{WriteThread, database};
@@ -209,11 +208,14 @@ fn store(connection: &mut Connection, work: &[Work]) -> Result<Outcomes, Storage
     let done = in_one_transaction(
         connection,
         work,
-        |tx, piece| match piece {
-            Work::Send(message) => store_send(tx, &mut members, message).map(Done::Sent),
+        |tx, heads: &mut Heads, piece| match piece {
+            Work::Send(message) => store_send(tx, &mut members, heads, message).map(Done::Sent),
             Work::Append(update) => store_update(tx, update).map(Done::Appended),
         },
-        |tx, done| index_search_text(tx, work, done),
+        |tx, heads, done| {
+            heads.write(tx)?;
+            index_search_text(tx, work, done)
+        },
     )?;
     let mut outcomes = Outcomes::default();
     for (piece, done) in work.iter().zip(done) {
@@ -239,7 +241,9 @@ enum Done {
 
 /// Runs `write` for every piece in one transaction, then `finish` with
 /// what they gave, then commits. A refused piece leaves no trace and does
-/// not spoil its neighbours.
+/// not spoil its neighbours. Each run starts from a fresh `S`, which the
+/// pieces share and `finish` consumes: what a batch keeps in memory
+/// instead of writing per piece.
 ///
 /// A savepoint per piece would guarantee that, but it costs a copy of
 /// every page the piece touches, and almost every refusal (not a member, a
@@ -248,11 +252,11 @@ enum Done {
 /// after it changed rows, the transaction is rolled back and the batch runs
 /// again with a savepoint per piece. `Err` only when the transaction itself
 /// failed: then nothing of the batch is stored.
-fn in_one_transaction<P, R>(
+fn in_one_transaction<P, R, S: Default>(
     connection: &mut Connection,
     pieces: &[P],
-    mut write: impl FnMut(&Connection, &P) -> Result<R, StorageError>,
-    finish: impl Fn(&Connection, &[Result<R, StorageError>]) -> Result<(), StorageError>,
+    mut write: impl FnMut(&Connection, &mut S, &P) -> Result<R, StorageError>,
+    finish: impl Fn(&Connection, S, &[Result<R, StorageError>]) -> Result<(), StorageError>,
 ) -> Result<Vec<Result<R, StorageError>>, StorageError> {
     if let Some(done) = attempt(connection, pieces, &mut write, &finish, false)? {
         return Ok(done);
@@ -265,21 +269,22 @@ fn in_one_transaction<P, R>(
 
 /// One run of [`in_one_transaction`]; `None` when a piece without a
 /// savepoint was refused after it wrote (the transaction is rolled back).
-fn attempt<P, R>(
+fn attempt<P, R, S: Default>(
     connection: &mut Connection,
     pieces: &[P],
-    write: &mut impl FnMut(&Connection, &P) -> Result<R, StorageError>,
-    finish: &impl Fn(&Connection, &[Result<R, StorageError>]) -> Result<(), StorageError>,
+    write: &mut impl FnMut(&Connection, &mut S, &P) -> Result<R, StorageError>,
+    finish: &impl Fn(&Connection, S, &[Result<R, StorageError>]) -> Result<(), StorageError>,
     savepoints: bool,
 ) -> Result<Option<Vec<Result<R, StorageError>>>, StorageError> {
     let mut tx = connection
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(database)?;
+    let mut state = S::default();
     let mut done = Vec::with_capacity(pieces.len());
     for piece in pieces {
         let result = if savepoints {
             let mut savepoint = tx.savepoint().map_err(database)?;
-            let result = write(&savepoint, piece);
+            let result = write(&savepoint, &mut state, piece);
             if result.is_err() {
                 savepoint.rollback().map_err(database)?;
             }
@@ -287,7 +292,7 @@ fn attempt<P, R>(
             result
         } else {
             let before = tx.total_changes();
-            let result = write(&tx, piece);
+            let result = write(&tx, &mut state, piece);
             if result.is_err() && tx.total_changes() != before {
                 return Ok(None);
             }
@@ -304,7 +309,7 @@ fn attempt<P, R>(
         }
         done.push(result);
     }
-    finish(&tx, &done)?;
+    finish(&tx, state, &done)?;
     tx.commit().map_err(database)?;
     Ok(Some(done))
 }
@@ -351,8 +356,82 @@ impl Members {
     }
 }
 
-fn store_send(tx: &Connection, members: &mut Members, message: &OwnedMessage) -> Stored {
-    let outcome = insert_message(tx, members, message)?;
+/// Each channel's event-log head as the batch moves it: read at the
+/// channel's first send, kept here, and written once before the commit,
+/// instead of an `UPDATE channels` per message.
+///
+/// A send takes its pts in two steps, [`Heads::next`] before it writes and
+/// [`Heads::take`] once everything it writes is stored, so a send refused
+/// half way (and rolled back to its savepoint) leaves the head as it was.
+#[derive(Default)]
+struct Heads(HashMap<ChannelId, Head>);
+
+struct Head {
+    pts: i64,
+    /// The newest message's time, once the batch stored one.
+    last_activity_ms: Option<i64>,
+}
+
+impl Heads {
+    /// The pts the channel's next event gets; not taken until [`Heads::take`].
+    fn next(&mut self, tx: &Connection, channel: ChannelId) -> Result<i64, StorageError> {
+        let head = match self.0.entry(channel) {
+            Entry::Occupied(known) => known.into_mut(),
+            Entry::Vacant(unknown) => {
+                let pts: i64 = tx
+                    .prepare_cached("SELECT pts FROM channels WHERE id = ?")
+                    .and_then(|mut statement| {
+                        statement
+                            .query_row([sql_id(channel.get())], |row| row.get(0))
+                            .optional()
+                    })
+                    .map_err(database)?
+                    .ok_or_else(|| StorageError::NotFound(format!("no channel {channel}")))?;
+                unknown.insert(Head {
+                    pts,
+                    last_activity_ms: None,
+                })
+            }
+        };
+        Ok(head.pts + 1)
+    }
+
+    /// Records that a message stored at `pts` (from [`Heads::next`]) is the
+    /// channel's newest.
+    fn take(&mut self, channel: ChannelId, pts: i64, now_ms: i64) {
+        if let Some(head) = self.0.get_mut(&channel) {
+            head.pts = pts;
+            head.last_activity_ms = Some(now_ms);
+        }
+    }
+
+    /// Writes every moved head: the channel's pts, its newest message, and
+    /// its last activity.
+    fn write(self, tx: &Connection) -> Result<(), StorageError> {
+        let mut statement = tx
+            .prepare_cached(
+                "UPDATE channels SET pts = ?, last_message_pts = ?, last_activity_at = ? \
+                 WHERE id = ?",
+            )
+            .map_err(database)?;
+        for (channel, head) in self.0 {
+            if let Some(now_ms) = head.last_activity_ms {
+                statement
+                    .execute(params![head.pts, head.pts, now_ms, sql_id(channel.get())])
+                    .map_err(database)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn store_send(
+    tx: &Connection,
+    members: &mut Members,
+    heads: &mut Heads,
+    message: &OwnedMessage,
+) -> Stored {
+    let outcome = insert_message(tx, members, heads, message)?;
     let recipients = match &outcome {
         SendOutcome::Sent(event) => Some(members.of(tx, event.channel_id)?.to_vec()),
         SendOutcome::Duplicate(_) => None,
@@ -366,6 +445,7 @@ fn store_send(tx: &Connection, members: &mut Members, message: &OwnedMessage) ->
 fn insert_message(
     tx: &Connection,
     members: &mut Members,
+    heads: &mut Heads,
     message: &OwnedMessage,
 ) -> Result<SendOutcome, StorageError> {
     let existing = tx
@@ -412,14 +492,7 @@ fn insert_message(
         }
     }
     // The channel's next pts, taken by the message and its event alike.
-    let next: i64 = tx
-        .prepare_cached(BUMP_CHANNEL_SQL)
-        .and_then(|mut statement| {
-            statement.query_row(params![true, true, message.now_ms, channel], |row| {
-                row.get(0)
-            })
-        })
-        .map_err(database)?;
+    let next = heads.next(tx, message.channel_id)?;
     let id: i64 = tx
         .prepare_cached(INSERT_MESSAGE_SQL)
         .and_then(|mut statement| {
@@ -453,6 +526,7 @@ fn insert_message(
             ])
         })
         .map_err(database)?;
+    heads.take(message.channel_id, next, message.now_ms);
     let pts = u64::try_from(next).unwrap_or(0);
     let stored = MessageRecord {
         id: MessageId::new(id as u64),
@@ -561,11 +635,11 @@ mod tests {
         let done = in_one_transaction(
             &mut connection,
             &[1, -1, 2],
-            |tx, piece| {
+            |tx, _: &mut (), piece| {
                 runs.set(runs.get() + 1);
                 write(tx, piece)
             },
-            |_, _| Ok(()),
+            |_, (), _| Ok(()),
         )
         .unwrap();
         assert_eq!(outcomes(&done), [Some(1), None, Some(2)]);
@@ -581,12 +655,18 @@ mod tests {
         let done = in_one_transaction(
             &mut connection,
             &[1, 50, 2, -3, 4],
-            |tx, piece| {
+            |tx, stored: &mut Vec<i64>, piece| {
                 runs.set(runs.get() + 1);
-                write(tx, piece)
+                let result = write(tx, piece);
+                if result.is_ok() {
+                    stored.push(*piece);
+                }
+                result
             },
-            |tx, done| {
-                // `finish` runs inside the transaction, after the pieces.
+            |tx, stored, done| {
+                // `finish` runs inside the transaction, after the pieces,
+                // with the state of the run that is committed.
+                assert_eq!(stored, [1, 2, 4], "a second run starts afresh");
                 seen.set(done.len());
                 tx.execute("INSERT INTO t (x) VALUES (99)", [])
                     .map_err(database)?;
@@ -603,9 +683,12 @@ mod tests {
     #[test]
     fn a_failed_finish_stores_nothing() {
         let (_dir, mut connection) = table();
-        let failed = in_one_transaction(&mut connection, &[1, 2], write, |_, _| {
-            Err(StorageError::Database("no".into()))
-        });
+        let failed = in_one_transaction(
+            &mut connection,
+            &[1, 2],
+            |tx, _: &mut (), piece| write(tx, piece),
+            |_, (), _| Err(StorageError::Database("no".into())),
+        );
         assert!(failed.is_err());
         assert!(rows(&connection).is_empty());
     }
