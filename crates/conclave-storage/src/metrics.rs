@@ -69,11 +69,16 @@ pub(crate) async fn timed<T, E>(
 ) -> Result<T, E> {
     let started = Instant::now();
     let result = work.await;
-    let outcome = if result.is_ok() { "ok" } else { "error" };
+    observe(backend, op, result.is_ok(), started);
+    result
+}
+
+/// Records that `op`, started at `started`, just finished.
+pub(crate) fn observe(backend: &'static str, op: &'static str, ok: bool, started: Instant) {
+    let outcome = if ok { "ok" } else { "error" };
     QUERY_DURATION
         .with_label_values(&[backend, op, outcome])
         .observe(started.elapsed().as_secs_f64());
-    result
 }
 
 /// Makes the histogram appear in `/metrics` before the first query.

@@ -1,6 +1,7 @@
 //! The embedded SQLite backend.
 
 mod accounts;
+mod checkpointer;
 mod documents;
 mod files;
 mod group_commit;
@@ -198,6 +199,8 @@ impl SqliteStorage {
             // process crash. Group commit amortizes the extra fsync.
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
+            // Checkpoints run on a thread of their own, not inside commits.
+            .pragma("wal_autocheckpoint", "0")
             .busy_timeout(Duration::from_millis(options.busy_timeout_ms));
         let path = connect.get_filename().to_owned();
         let pool = SqlitePoolOptions::new()
@@ -211,11 +214,13 @@ impl SqliteStorage {
         let commit_consumer = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let thread =
             write_thread::WriteThread::open(&path, Duration::from_millis(options.busy_timeout_ms))?;
+        let checkpoints = checkpointer::Checkpoints::start(&path)?;
         let reads = inline_reads::InlineReads::new(&path);
         let (writes, requests) = tokio::sync::mpsc::channel(group_commit::QUEUE_CAPACITY);
         let writer = tokio::spawn(group_commit::run(
             group_commit::Writer {
                 thread,
+                checkpoints,
                 write_lock: write_lock.clone(),
                 commit_tx: commit_tx.clone(),
                 commit_consumer: commit_consumer.clone(),

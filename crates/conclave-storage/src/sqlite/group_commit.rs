@@ -17,6 +17,7 @@ use conclave_core::{ChannelId, DeviceId, DocumentId, MessageId, UserId};
 use rusqlite::{Connection, OptionalExtension as _, params};
 use tokio::sync::{mpsc, oneshot};
 
+use super::checkpointer::{Checkpoints, restart_wal};
 use super::messaging::{
     APPEND_EVENT_SQL, INSERT_FTS_SQL, INSERT_MESSAGE_SQL, MESSAGE_COLUMNS, message_from,
 };
@@ -87,6 +88,7 @@ impl From<&NewMessage<'_>> for OwnedMessage {
 
 pub(super) struct Writer {
     pub thread: WriteThread,
+    pub checkpoints: Checkpoints,
     pub write_lock: Arc<tokio::sync::Mutex<()>>,
     pub commit_tx: mpsc::Sender<Committed>,
     pub commit_consumer: Arc<AtomicBool>,
@@ -106,6 +108,7 @@ pub(super) async fn run(writer: Writer, mut requests: mpsc::Receiver<WriteReques
         }
         writer.commit(&mut batch).await;
     }
+    writer.checkpoints.stop().await;
 }
 
 /// What the write thread is given: the batch without its reply channels.
@@ -161,6 +164,7 @@ impl Writer {
         // either way (a retried send finds its message).
         match stored {
             Ok(outcomes) => {
+                self.checkpoints.wake();
                 for ((reply, origin_session), stored) in senders.into_iter().zip(outcomes.sends) {
                     let _ = reply.send(self.publish(stored, origin_session).await);
                 }
@@ -177,6 +181,14 @@ impl Writer {
                 for reply in appenders {
                     let _ = reply.send(Err(failed()));
                 }
+            }
+        }
+        if self.checkpoints.restart_wanted() {
+            // Between two batches, after the answers, so only the next
+            // batch waits for it.
+            let restarted = self.thread.run(|connection| restart_wal(connection)).await;
+            if let Err(err) = restarted.and_then(|wal| wal) {
+                tracing::warn!(error = %err, "restarting the WAL failed");
             }
         }
     }

@@ -40,9 +40,13 @@ impl WriteThread {
     pub fn open(path: &Path, busy_timeout: Duration) -> Result<Self, StorageError> {
         let mut connection = Connection::open(path).map_err(database)?;
         // The same durability and rules as the pool's connections: an
-        // acknowledged write survives power loss; foreign keys hold.
+        // acknowledged write survives power loss; foreign keys hold;
+        // checkpoints are the checkpointer's.
         connection
-            .execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
+            .execute_batch(&format!(
+                "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; {}",
+                super::checkpointer::DISABLE_AUTOCHECKPOINT
+            ))
             .map_err(database)?;
         connection.busy_timeout(busy_timeout).map_err(database)?;
         connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
