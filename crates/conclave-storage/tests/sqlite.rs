@@ -19,6 +19,15 @@ async fn fresh() -> Option<Arc<dyn Storage>> {
 
 conclave_storage::conformance_tests!(fresh().await);
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_commit_stream_keeps_pts_order_under_concurrent_writes() {
+    let storage = fresh().await.unwrap();
+    conclave_storage::conformance::the_commit_stream_keeps_pts_order_under_concurrent_writes(
+        storage,
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn reopening_keeps_data_and_does_not_rerun_migrations() {
     let dir = tempfile::tempdir().unwrap();

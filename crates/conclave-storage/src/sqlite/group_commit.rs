@@ -6,7 +6,8 @@
 //! one transaction on the write thread (a refused write does not spoil its
 //! neighbours: see [`in_one_transaction`]), commits once, hands the
 //! committed events to the commit stream in order, and only then answers
-//! each writer: an answer still means "durably committed".
+//! each writer: an answer still means "durably committed". While one batch
+//! is answered, the next is already being stored (see [`run`]).
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -96,19 +97,65 @@ pub(super) struct Writer {
 
 /// Runs until every writer is gone (the storage closed), finishing the
 /// writes already queued.
+///
+/// The writer lock is held for a run of batches: while one batch is being
+/// stored on the write thread, the batch before it (committed already) is
+/// handed to the commit stream and answered, so the write thread does not
+/// sit idle through the answers. The lock is let go once no write is
+/// waiting, or after [`PIPELINE_MAX`] batches so that the pool's writers
+/// get their turn.
 pub(super) async fn run(writer: Writer, mut requests: mpsc::Receiver<WriteRequest>) {
     let mut batch = Vec::with_capacity(BATCH_MAX);
     while let Some(first) = requests.recv().await {
         batch.push(first);
-        while batch.len() < BATCH_MAX {
-            match requests.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
+        // Held until every batch of the run is published, so the commit
+        // stream sees events in commit order.
+        let _writer = writer.write_lock.clone().lock_owned().await;
+        let mut unanswered: Option<Answers> = None;
+        for _ in 0..PIPELINE_MAX {
+            take_waiting(&mut batch, &mut requests);
+            if batch.is_empty() {
+                break;
+            }
+            let answering = async {
+                if let Some(previous) = unanswered.take() {
+                    writer.answer(previous).await;
+                }
+            };
+            let (stored, ()) = tokio::join!(writer.store(&mut batch), answering);
+            unanswered = Some(stored);
+            if writer.checkpoints.restart_wanted() {
+                // After the answers, so only the next batch waits for it.
+                if let Some(stored) = unanswered.take() {
+                    writer.answer(stored).await;
+                }
+                let restarted = writer
+                    .thread
+                    .run(|connection| restart_wal(connection))
+                    .await;
+                if let Err(err) = restarted.and_then(|wal| wal) {
+                    tracing::warn!(error = %err, "restarting the WAL failed");
+                }
             }
         }
-        writer.commit(&mut batch).await;
+        if let Some(stored) = unanswered {
+            writer.answer(stored).await;
+        }
     }
     writer.checkpoints.stop().await;
+}
+
+/// Most batches stored in one run under the writer lock (see [`run`]).
+const PIPELINE_MAX: usize = 8;
+
+/// Moves the writes already waiting into `batch`, up to [`BATCH_MAX`].
+fn take_waiting(batch: &mut Vec<WriteRequest>, requests: &mut mpsc::Receiver<WriteRequest>) {
+    while batch.len() < BATCH_MAX {
+        match requests.try_recv() {
+            Ok(next) => batch.push(next),
+            Err(_) => break,
+        }
+    }
 }
 
 /// What the write thread is given: the batch without its reply channels.
@@ -130,11 +177,16 @@ struct Outcomes {
 type SendReply = oneshot::Sender<Result<SendOutcome, StorageError>>;
 type AppendReply = oneshot::Sender<Result<u64, StorageError>>;
 
+/// A committed (or failed) batch whose writers are not answered yet.
+struct Answers {
+    stored: Result<Outcomes, StorageError>,
+    senders: Vec<(SendReply, Option<u64>)>,
+    appenders: Vec<AppendReply>,
+}
+
 impl Writer {
-    async fn commit(&self, batch: &mut Vec<WriteRequest>) {
-        // Held through the publishing below, so the commit stream sees
-        // events in commit order.
-        let _writer = self.write_lock.lock().await;
+    /// Stores and commits `batch` (emptying it) on the write thread.
+    async fn store(&self, batch: &mut Vec<WriteRequest>) -> Answers {
         let mut work = Vec::with_capacity(batch.len());
         let mut senders: Vec<(SendReply, Option<u64>)> = Vec::new();
         let mut appenders: Vec<AppendReply> = Vec::new();
@@ -160,11 +212,27 @@ impl Writer {
         )
         .await
         .and_then(|stored| stored);
-        // A writer may have given up waiting; what it wrote is stored
-        // either way (a retried send finds its message).
+        if stored.is_ok() {
+            self.checkpoints.wake();
+        }
+        Answers {
+            stored,
+            senders,
+            appenders,
+        }
+    }
+
+    /// Hands a stored batch's events to the commit stream in order and
+    /// answers its writers. A writer may have given up waiting; what it
+    /// wrote is stored either way (a retried send finds its message).
+    async fn answer(&self, answers: Answers) {
+        let Answers {
+            stored,
+            senders,
+            appenders,
+        } = answers;
         match stored {
             Ok(outcomes) => {
-                self.checkpoints.wake();
                 for ((reply, origin_session), stored) in senders.into_iter().zip(outcomes.sends) {
                     let _ = reply.send(self.publish(stored, origin_session).await);
                 }
@@ -181,14 +249,6 @@ impl Writer {
                 for reply in appenders {
                     let _ = reply.send(Err(failed()));
                 }
-            }
-        }
-        if self.checkpoints.restart_wanted() {
-            // Between two batches, after the answers, so only the next
-            // batch waits for it.
-            let restarted = self.thread.run(|connection| restart_wal(connection)).await;
-            if let Err(err) = restarted.and_then(|wal| wal) {
-                tracing::warn!(error = %err, "restarting the WAL failed");
             }
         }
     }
