@@ -876,6 +876,50 @@ pub async fn the_commit_stream_keeps_pts_order_under_concurrent_writes(storage: 
     );
 }
 
+/// A send's retry gets the original back even after the sender left the
+/// channel; a new message from them is refused.
+pub async fn a_retry_after_leaving_still_finds_the_original(storage: Arc<dyn Storage>) {
+    let owner = user(&storage, "olga").await;
+    let member = user(&storage, "max").await;
+    let group = group_with(&storage, owner, &[member], 4).await;
+    let channel = group.channel_id;
+    let sent = send(&storage, text(channel, member, "once", "before leaving")).await;
+    storage
+        .groups()
+        .change_group(
+            group.id,
+            member,
+            &[],
+            crate::GroupChange::Leave {
+                user: member,
+                kicked: false,
+            },
+            20,
+            None,
+        )
+        .await
+        .unwrap();
+    let retry = storage
+        .messages()
+        .send_message(text(channel, member, "once", "before leaving"))
+        .await;
+    match retry {
+        Ok(SendOutcome::Duplicate(original)) => {
+            assert_eq!(Some(original.id), sent.message_id);
+            assert_eq!(original.pts, sent.pts);
+        }
+        other => panic!("a retry must find its original: {other:?}"),
+    }
+    let new = storage
+        .messages()
+        .send_message(text(channel, member, "after", "after leaving"))
+        .await;
+    assert!(
+        matches!(new, Err(StorageError::NotFound(_))),
+        "only members send: {new:?}"
+    );
+}
+
 pub async fn documents_have_unique_names_and_an_optional_channel(storage: Arc<dyn Storage>) {
     let (a, b) = (user(&storage, "ann").await, user(&storage, "ben").await);
     let (channel, _) = storage.messages().direct_channel(a, b, 5).await.unwrap();
@@ -2581,6 +2625,7 @@ macro_rules! conformance_tests {
             inbox_events_get_contiguous_pts_per_user,
             concurrent_inbox_appends_stay_contiguous,
             concurrent_sends_stay_exact_when_some_are_refused,
+            a_retry_after_leaving_still_finds_the_original,
             documents_have_unique_names_and_an_optional_channel,
             document_updates_get_contiguous_seqs_and_load_in_order,
             compaction_replaces_a_prefix_of_the_log,

@@ -514,43 +514,29 @@ fn store_send(
 /// Stores one message and its event: the rusqlite twin of the pool's
 /// `messaging::insert_message` rules (a repeated `client_msg_id` returns
 /// the original; only members send; a reply stays in its channel).
+///
+/// The duplicate check is the insert itself: `ON CONFLICT DO NOTHING` on
+/// the `(sender, device, client_msg_id)` key, and the original is read
+/// only when nothing was inserted. A sender no longer a member is looked up
+/// first, so a retry of what it sent before still finds its message.
 fn insert_message(
     tx: &Connection,
     members: &mut Members,
     heads: &mut Heads,
     message: &OwnedMessage,
 ) -> Result<SendOutcome, StorageError> {
-    let existing = tx
-        .prepare_cached(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages m \
-             WHERE m.sender_id = ? AND m.sender_device_id = ? AND m.client_msg_id = ?"
-        ))
-        .and_then(|mut statement| {
-            statement
-                .query_row(
-                    params![
-                        sql_id(message.sender_id.get()),
-                        sql_id(message.sender_device_id.get()),
-                        message.client_msg_id
-                    ],
-                    |row| message_from(row),
-                )
-                .optional()
-        })
-        .map_err(database)?
-        .flatten();
-    if let Some(found) = existing {
-        return Ok(SendOutcome::Duplicate(found));
-    }
     let channel = sql_id(message.channel_id.get());
     if !members
         .of(tx, message.channel_id)?
         .contains(&message.sender_id)
     {
-        return Err(StorageError::NotFound(format!(
-            "no channel {} with this member",
-            message.channel_id
-        )));
+        return match original(tx, message)? {
+            Some(found) => Ok(SendOutcome::Duplicate(found)),
+            None => Err(StorageError::NotFound(format!(
+                "no channel {} with this member",
+                message.channel_id
+            ))),
+        };
     }
     if let Some(reply_to) = message.reply_to {
         let same_channel = tx
@@ -558,6 +544,8 @@ fn insert_message(
             .and_then(|mut statement| statement.exists(params![sql_id(reply_to.get()), channel]))
             .map_err(database)?;
         if !same_channel {
+            // A retry of a reply that was stored finds the same channel, so
+            // this refusal is never owed to a duplicate.
             return Err(StorageError::Invalid(format!(
                 "reply_to: no message {reply_to} in this channel"
             )));
@@ -565,25 +553,29 @@ fn insert_message(
     }
     // The channel's next pts, taken by the message and its event alike.
     let next = heads.next(tx, message.channel_id)?;
-    let id: i64 = tx
+    let inserted = tx
         .prepare_cached(INSERT_MESSAGE_SQL)
         .and_then(|mut statement| {
-            statement.query_row(
-                params![
-                    channel,
-                    next,
-                    sql_id(message.sender_id.get()),
-                    sql_id(message.sender_device_id.get()),
-                    message.client_msg_id,
-                    message.content,
-                    message.reply_to.map(|m| sql_id(m.get())),
-                    message.mentions,
-                    message.now_ms
-                ],
-                |row| row.get(0),
-            )
+            statement.execute(params![
+                channel,
+                next,
+                sql_id(message.sender_id.get()),
+                sql_id(message.sender_device_id.get()),
+                message.client_msg_id,
+                message.content,
+                message.reply_to.map(|m| sql_id(m.get())),
+                message.mentions,
+                message.now_ms
+            ])
         })
         .map_err(database)?;
+    if inserted == 0 {
+        let found = original(tx, message)?.ok_or_else(|| {
+            StorageError::Database("a send conflicted with no stored message".to_owned())
+        })?;
+        return Ok(SendOutcome::Duplicate(found));
+    }
+    let id = tx.last_insert_rowid();
     tx.prepare_cached(APPEND_EVENT_SQL)
         .and_then(|mut statement| {
             statement.execute(params![
@@ -626,6 +618,33 @@ fn insert_message(
         created_at_ms: message.now_ms,
         message: Some(stored),
     }))
+}
+
+/// The message `message` repeats (same sender, device and
+/// `client_msg_id`), if one is stored.
+fn original(
+    tx: &Connection,
+    message: &OwnedMessage,
+) -> Result<Option<MessageRecord>, StorageError> {
+    let found = tx
+        .prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages m \
+             WHERE m.sender_id = ? AND m.sender_device_id = ? AND m.client_msg_id = ?"
+        ))
+        .and_then(|mut statement| {
+            statement
+                .query_row(
+                    params![
+                        sql_id(message.sender_id.get()),
+                        sql_id(message.sender_device_id.get()),
+                        message.client_msg_id
+                    ],
+                    |row| message_from(row),
+                )
+                .optional()
+        })
+        .map_err(database)?;
+    Ok(found.flatten())
 }
 
 fn read_members(tx: &Connection, channel: ChannelId) -> Result<Vec<UserId>, StorageError> {

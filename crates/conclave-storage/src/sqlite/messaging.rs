@@ -40,10 +40,13 @@ pub(super) const BUMP_CHANNEL_SQL: &str = "UPDATE channels SET pts = pts + 1, \
 pub(super) const APPEND_EVENT_SQL: &str = "INSERT INTO channel_events \
      (channel_id, pts, kind, message_id, actor_id, audience, body, created_at) \
      VALUES (?, ?, ?, ?, ?, ?, ?, ?)";
-/// Returns the new message's id.
+/// Stores nothing (no row changed) when the sender's device already sent
+/// this `client_msg_id`; the new id is the connection's last insert rowid
+/// (no `RETURNING`, which buffers its rows in a temporary table).
 pub(super) const INSERT_MESSAGE_SQL: &str = "INSERT INTO messages (channel_id, pts, sender_id, \
      sender_device_id, client_msg_id, content, reply_to, mentions, created_at) \
-     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id";
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+     ON CONFLICT (sender_id, sender_device_id, client_msg_id) DO NOTHING";
 /// `(message id, searchable text)`.
 pub(super) const INSERT_FTS_SQL: &str = "INSERT INTO messages_fts (rowid, text) VALUES (?, ?)";
 
