@@ -544,8 +544,8 @@ fn insert_message(
             .and_then(|mut statement| statement.exists(params![sql_id(reply_to.get()), channel]))
             .map_err(database)?;
         if !same_channel {
-            // A retry of a reply that was stored finds the same channel, so
-            // this refusal is never owed to a duplicate.
+            // Checked before the duplicate check: a retry names the same
+            // reply as its original, which passed this check.
             return Err(StorageError::Invalid(format!(
                 "reply_to: no message {reply_to} in this channel"
             )));
