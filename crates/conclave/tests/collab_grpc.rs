@@ -845,7 +845,7 @@ async fn silent_grpc_sessions_expire_and_heartbeats_keep_them() {
     // Two room connections at most, so a third shows when one is left.
     let env = CollabEnv::start(
         "[documents]\n\
-         grpc_session_timeout_secs = 2\n\
+         grpc_session_timeout_secs = 4\n\
          max_connections_per_document = 2\n",
     );
     let owner = env.register("owner").await;
@@ -870,17 +870,18 @@ async fn silent_grpc_sessions_expire_and_heartbeats_keep_them() {
         "the document is full"
     );
 
-    // Twice the timeout, "live" heartbeating every half second (one
-    // heartbeat without a document: it renews all of the client's).
-    for beat in 0..8 {
-        let document = if beat == 4 { "" } else { "doc" };
+    // Twice the timeout, "live" heartbeating ten times per timeout, so a
+    // loaded machine delaying a few beats does not end it (one heartbeat
+    // without a document: it renews all of the client's).
+    for beat in 0..20 {
+        let document = if beat == 10 { "" } else { "doc" };
         grpc.send_as(
             "live",
             "live",
             document,
             json!({"heartbeat": {"timestamp": now_ms()}}),
         );
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
     }
     let left = grpc.expect("live", "user_left");
     assert_eq!(left["client_id"], "silent");
