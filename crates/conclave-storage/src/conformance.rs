@@ -1121,6 +1121,75 @@ pub async fn search_indexes_every_message_of_a_group_and_no_refused_one(storage:
     assert_eq!(all, kept, "every stored message is found by its own words");
 }
 
+pub async fn search_finds_every_message_however_many_were_sent(storage: Arc<dyn Storage>) {
+    let (a, b) = (user(&storage, "ann").await, user(&storage, "ben").await);
+    let (channel, _) = storage.messages().direct_channel(a, b, 5).await.unwrap();
+    let channel = channel.id;
+    // Waves of concurrent sends, one in five revoked at once: enough for a
+    // backend that indexes in bulk (SQLite: every 256 or so) to do so on
+    // its own, with some left over for the search to index first.
+    let (waves, per_wave) = (9u32, 50u32);
+    let mut revoked = Vec::new();
+    let mut kept = Vec::new();
+    for wave in 0..waves {
+        let mut tasks = Vec::new();
+        for i in 0..per_wave {
+            let storage = storage.clone();
+            tasks.push(tokio::spawn(async move {
+                let id = format!("w{wave}n{i}");
+                let body = format!("common {id}");
+                let sent = send(&storage, text(channel, a, &id, &body)).await;
+                (i, sent.message_id.unwrap())
+            }));
+        }
+        for task in tasks {
+            let (i, id) = task.await.unwrap();
+            if i % 5 == 0 {
+                storage
+                    .messages()
+                    .revoke_message(id, a, 10, None)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                revoked.push((format!("w{wave}n{i}"), id));
+            } else {
+                kept.push((format!("w{wave}n{i}"), id));
+            }
+        }
+    }
+    let messages = storage.messages();
+    let words = |word: &str| vec![word.to_owned()];
+    let mut found: Vec<_> = messages
+        .search(b, &words("common"), None, 1_000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    found.sort_unstable();
+    let mut expected: Vec<_> = kept.iter().map(|(_, id)| *id).collect();
+    expected.sort_unstable();
+    eprintln!("found {} expected {}", found.len(), expected.len());
+    let missing: Vec<_> = expected.iter().filter(|id| !found.contains(id)).collect();
+    let unwanted: Vec<_> = found.iter().filter(|id| !expected.contains(id)).collect();
+    assert!(
+        missing.is_empty() && unwanted.is_empty(),
+        "every kept message and none revoked: missing {missing:?}, unwanted {unwanted:?}"
+    );
+    for (word, id) in kept.iter().step_by(37) {
+        let hits = messages.search(b, &words(word), None, 10).await.unwrap();
+        assert_eq!(
+            hits.iter().map(|m| m.id).collect::<Vec<_>>(),
+            [*id],
+            "{word}"
+        );
+    }
+    for (word, _) in revoked.iter().step_by(7) {
+        let hits = messages.search(b, &words(word), None, 10).await.unwrap();
+        assert!(hits.is_empty(), "{word} was revoked: {hits:?}");
+    }
+}
+
 pub async fn mixed_writes_commit_together_and_refusals_stay_alone(storage: Arc<dyn Storage>) {
     let (a, b) = (user(&storage, "ann").await, user(&storage, "ben").await);
     let (channel, _) = storage.messages().direct_channel(a, b, 5).await.unwrap();
@@ -2632,6 +2701,7 @@ macro_rules! conformance_tests {
             concurrent_document_appends_lose_nothing,
             mixed_writes_commit_together_and_refusals_stay_alone,
             search_indexes_every_message_of_a_group_and_no_refused_one,
+            search_finds_every_message_however_many_were_sent,
             write_context_reads_what_single_reads_do,
             document_versions_are_numbered_listed_and_read_back,
             document_version_refusals_change_nothing,

@@ -9,6 +9,7 @@ mod groups;
 mod inbox;
 mod inline_reads;
 mod messaging;
+mod search_backlog;
 mod social;
 mod write_thread;
 
@@ -63,6 +64,8 @@ pub struct SqliteStorage {
     writer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The hot path's small reads, on the calling thread.
     reads: inline_reads::InlineReads,
+    /// Sent messages' search text not yet indexed.
+    search: std::sync::Arc<search_backlog::SearchBacklog>,
 }
 
 /// A 64-bit id as SQLite stores it. Ids come from `INTEGER PRIMARY KEY`, so
@@ -209,6 +212,12 @@ impl SqliteStorage {
             .connect_with(connect)
             .await?;
         timed(BACKEND, "migrate", MIGRATOR.run(&pool)).await?;
+        let (waiting,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM search_backlog")
+            .fetch_one(&pool)
+            .await?;
+        let search = std::sync::Arc::new(search_backlog::SearchBacklog::new(
+            u64::try_from(waiting).unwrap_or(0),
+        ));
         let (commit_tx, commit_rx) = tokio::sync::mpsc::channel(COMMIT_STREAM_CAPACITY);
         let write_lock = std::sync::Arc::new(tokio::sync::Mutex::new(()));
         let commit_consumer = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -224,6 +233,7 @@ impl SqliteStorage {
                 write_lock: write_lock.clone(),
                 commit_tx: commit_tx.clone(),
                 commit_consumer: commit_consumer.clone(),
+                search: search.clone(),
             },
             requests,
         ));
@@ -236,6 +246,7 @@ impl SqliteStorage {
             writes: std::sync::Mutex::new(Some(writes)),
             writer: std::sync::Mutex::new(Some(writer)),
             reads,
+            search,
         })
     }
 
@@ -247,6 +258,28 @@ impl SqliteStorage {
     /// rollback has run.
     async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
         self.pool.begin_with("BEGIN IMMEDIATE").await
+    }
+
+    /// Moves the search backlog into the index, if texts may be waiting
+    /// (see [`search_backlog`]): a search runs this first.
+    async fn index_search_backlog(&self) -> Result<(), StorageError> {
+        if !self.search.any() {
+            return Ok(());
+        }
+        timed(BACKEND, "index_search_backlog", async {
+            let _writer = self.write_lock.lock().await;
+            if !self.search.any() {
+                return Ok(());
+            }
+            let mut tx = self.write_tx().await?;
+            for sql in search_backlog::INDEX_SQL {
+                sqlx::query(sql).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            self.search.indexed();
+            Ok(())
+        })
+        .await
     }
 
     /// Hands `request` to the group-commit writer.

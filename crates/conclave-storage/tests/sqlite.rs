@@ -113,3 +113,149 @@ async fn insert_future_migration(path: std::path::PathBuf) -> bool {
     .is_ok();
     conn.close().await.is_ok() && inserted
 }
+
+/// Rows of `sql` (one integer column) in the database file at `path`.
+fn integers(path: &std::path::Path, sql: &str) -> Vec<i64> {
+    let connection = rusqlite::Connection::open(path).unwrap();
+    let mut statement = connection.prepare(sql).unwrap();
+    let rows = statement.query_map([], |row| row.get(0)).unwrap();
+    rows.map(Result::unwrap).collect()
+}
+
+#[tokio::test]
+async fn search_text_waits_across_a_restart_and_a_revoked_one_is_never_indexed() {
+    use conclave_core::DeviceId;
+    use conclave_storage::{NewMessage, NewUser, SendOutcome};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    let url = format!("sqlite://{}", path.display());
+    let store = conclave_storage::open(&url, OpenOptions::default())
+        .await
+        .unwrap();
+    let mut users = Vec::new();
+    for name in ["ann", "ben"] {
+        let new = NewUser {
+            username: name,
+            password_hash: "hash",
+            display_name: name,
+            now_ms: 1,
+        };
+        users.push(store.accounts().create_user(new).await.unwrap().id);
+    }
+    let (a, b) = (users[0], users[1]);
+    let (channel, _) = store.messages().direct_channel(a, b, 1).await.unwrap();
+    let send = |client_msg_id: &'static str, body: &'static str| NewMessage {
+        channel_id: channel.id,
+        sender_id: a,
+        sender_device_id: DeviceId::new(1),
+        client_msg_id,
+        content: body,
+        search_text: Some(body),
+        reply_to: None,
+        mentions: "{}",
+        now_ms: 2,
+        origin_session: None,
+    };
+    let mut ids = Vec::new();
+    for (id, body) in [("m1", "the secret plan"), ("m2", "lunch at noon")] {
+        match store.messages().send_message(send(id, body)).await.unwrap() {
+            SendOutcome::Sent(event) => ids.push(event.message_id.unwrap()),
+            other => panic!("{other:?}"),
+        }
+    }
+    // Revoked while its text still waits to be indexed.
+    store
+        .messages()
+        .revoke_message(ids[0], a, 3, None)
+        .await
+        .unwrap()
+        .unwrap();
+    store.close().await;
+
+    let waiting = "SELECT message_id FROM search_backlog";
+    let indexed = |word: &str| {
+        integers(
+            &path,
+            &format!("SELECT rowid FROM messages_fts WHERE messages_fts MATCH '{word}'"),
+        )
+    };
+    let id = |message: conclave_core::MessageId| i64::try_from(message.get()).unwrap();
+    assert_eq!(integers(&path, waiting), [id(ids[1])], "m1 was forgotten");
+    assert!(
+        indexed("lunch").is_empty(),
+        "nothing searched, nothing indexed"
+    );
+
+    // A search after a restart still finds what waited.
+    let store = conclave_storage::open(&url, OpenOptions::default())
+        .await
+        .unwrap();
+    let found = store
+        .messages()
+        .search(b, &["lunch".to_owned()], None, 10)
+        .await
+        .unwrap();
+    assert_eq!(found.iter().map(|m| m.id).collect::<Vec<_>>(), [ids[1]]);
+    store.close().await;
+    assert!(integers(&path, waiting).is_empty());
+    assert_eq!(indexed("lunch"), [id(ids[1])]);
+    assert!(indexed("secret").is_empty(), "revoked text never indexed");
+}
+
+#[tokio::test]
+async fn the_writer_indexes_the_search_backlog_without_a_search() {
+    use conclave_core::DeviceId;
+    use conclave_storage::{NewMessage, NewUser};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    let url = format!("sqlite://{}", path.display());
+    let store = conclave_storage::open(&url, OpenOptions::default())
+        .await
+        .unwrap();
+    let mut users = Vec::new();
+    for name in ["ann", "ben"] {
+        let new = NewUser {
+            username: name,
+            password_hash: "hash",
+            display_name: name,
+            now_ms: 1,
+        };
+        users.push(store.accounts().create_user(new).await.unwrap().id);
+    }
+    let (channel, _) = store
+        .messages()
+        .direct_channel(users[0], users[1], 1)
+        .await
+        .unwrap();
+    let sends = 600;
+    for i in 0..sends {
+        let id = format!("m{i}");
+        let body = format!("note {i}");
+        let message = NewMessage {
+            channel_id: channel.id,
+            sender_id: users[0],
+            sender_device_id: DeviceId::new(1),
+            client_msg_id: &id,
+            content: &body,
+            search_text: Some(&body),
+            reply_to: None,
+            mentions: "{}",
+            now_ms: 2,
+            origin_session: None,
+        };
+        store.messages().send_message(message).await.unwrap();
+    }
+    store.close().await;
+    let waiting = integers(&path, "SELECT COUNT(*) FROM search_backlog")[0];
+    let indexed = integers(
+        &path,
+        "SELECT COUNT(*) FROM messages_fts WHERE messages_fts MATCH 'note'",
+    )[0];
+    assert_eq!(waiting + indexed, sends, "every text is in one of the two");
+    assert!(
+        indexed >= sends / 2 && waiting < sends / 2,
+        "the writer moved most of them into the index: {indexed} indexed, {waiting} waiting"
+    );
+}

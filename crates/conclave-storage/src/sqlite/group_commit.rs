@@ -19,9 +19,8 @@ use rusqlite::{Connection, OptionalExtension as _, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::checkpointer::{Checkpoints, restart_wal};
-use super::messaging::{
-    APPEND_EVENT_SQL, INSERT_FTS_SQL, INSERT_MESSAGE_SQL, MESSAGE_COLUMNS, message_from,
-};
+use super::messaging::{APPEND_EVENT_SQL, INSERT_MESSAGE_SQL, MESSAGE_COLUMNS, message_from};
+use super::search_backlog::{INDEX_SQL, Indexing, SearchBacklog, WAIT_SQL};
 use super::sql_id;
 use super::write_thread::{WriteThread, database};
 use crate::{
@@ -93,6 +92,7 @@ pub(super) struct Writer {
     pub write_lock: Arc<tokio::sync::Mutex<()>>,
     pub commit_tx: mpsc::Sender<Committed>,
     pub commit_consumer: Arc<AtomicBool>,
+    pub search: Arc<SearchBacklog>,
 }
 
 /// Runs until every writer is gone (the storage closed), finishing the
@@ -205,10 +205,12 @@ impl Writer {
         if !senders.is_empty() {
             crate::metrics::observe_send_batch(senders.len());
         }
+        let search = self.search.clone();
         let stored = crate::metrics::timed(
             super::BACKEND,
             "write_batch",
-            self.thread.run(move |connection| store(connection, &work)),
+            self.thread
+                .run(move |connection| store(connection, &work, &search)),
         )
         .await
         .and_then(|stored| stored);
@@ -275,8 +277,13 @@ impl Writer {
 
 /// Stores the batch in one transaction and commits it (on the write
 /// thread). `Err` only when the transaction itself failed.
-fn store(connection: &mut Connection, work: &[Work]) -> Result<Outcomes, StorageError> {
+fn store(
+    connection: &mut Connection,
+    work: &[Work],
+    search: &SearchBacklog,
+) -> Result<Outcomes, StorageError> {
     let mut members = Members::default();
+    let indexing = std::cell::Cell::new(Indexing::default());
     let done = in_one_transaction(
         connection,
         work,
@@ -286,9 +293,11 @@ fn store(connection: &mut Connection, work: &[Work]) -> Result<Outcomes, Storage
         },
         |tx, heads, done| {
             heads.write(tx)?;
-            index_search_text(tx, work, done)
+            indexing.set(queue_search_text(tx, work, done, search)?);
+            Ok(())
         },
     )?;
+    search.committed(indexing.get());
     let mut outcomes = Outcomes::default();
     for (piece, done) in work.iter().zip(done) {
         match (piece, done) {
@@ -386,15 +395,17 @@ fn attempt<P, R, S: Default>(
     Ok(Some(done))
 }
 
-/// Indexes the search text of the batch's stored messages, once, after
-/// every write: FTS5 writes its pending terms out as an index segment at
-/// each savepoint, so indexing per message could cost a segment each; here
-/// the batch's terms are written once, at commit.
-fn index_search_text(
+/// Adds the search text of the batch's stored messages to the search
+/// backlog, after every write (never inside the savepoints, which FTS5
+/// would each close with a segment), and indexes the backlog when it is
+/// due (see [`super::search_backlog`]).
+fn queue_search_text(
     tx: &Connection,
     work: &[Work],
     done: &[Result<Done, StorageError>],
-) -> Result<(), StorageError> {
+    search: &SearchBacklog,
+) -> Result<Indexing, StorageError> {
+    let mut added = 0;
     for (piece, done) in work.iter().zip(done) {
         let (Work::Send(message), Ok(Done::Sent((SendOutcome::Sent(event), _)))) = (piece, done)
         else {
@@ -406,11 +417,20 @@ fn index_search_text(
         ) else {
             continue;
         };
-        tx.prepare_cached(INSERT_FTS_SQL)
+        tx.prepare_cached(WAIT_SQL)
             .and_then(|mut statement| statement.execute(params![sql_id(id.get()), text]))
             .map_err(database)?;
+        added += 1;
     }
-    Ok(())
+    let indexed = search.due(added);
+    if indexed {
+        for sql in INDEX_SQL {
+            tx.prepare_cached(sql)
+                .and_then(|mut statement| statement.execute([]))
+                .map_err(database)?;
+        }
+    }
+    Ok(Indexing { added, indexed })
 }
 
 /// The members of each channel a batch sends to, read once per batch.

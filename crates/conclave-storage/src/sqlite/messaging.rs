@@ -47,8 +47,6 @@ pub(super) const INSERT_MESSAGE_SQL: &str = "INSERT INTO messages (channel_id, p
      sender_device_id, client_msg_id, content, reply_to, mentions, created_at) \
      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
      ON CONFLICT (sender_id, sender_device_id, client_msg_id) DO NOTHING";
-/// `(message id, searchable text)`.
-pub(super) const INSERT_FTS_SQL: &str = "INSERT INTO messages_fts (rowid, text) VALUES (?, ?)";
 
 fn pts(raw: i64) -> u64 {
     u64::try_from(raw).unwrap_or(0)
@@ -600,6 +598,10 @@ impl MessageStore for SqliteStorage {
                 .bind(sql_id(message.get()))
                 .execute(&mut *tx)
                 .await?;
+            sqlx::query(super::search_backlog::FORGET_SQL)
+                .bind(sql_id(message.get()))
+                .execute(&mut *tx)
+                .await?;
             sqlx::query("DELETE FROM reactions WHERE message_id = ?")
                 .bind(sql_id(message.get()))
                 .execute(&mut *tx)
@@ -920,6 +922,7 @@ impl MessageStore for SqliteStorage {
             if query.is_empty() {
                 return Ok(Vec::new());
             }
+            self.index_search_backlog().await?;
             let rows = sqlx::query(&format!(
                 "SELECT {MESSAGE_COLUMNS} FROM messages_fts f \
                  JOIN messages m ON m.id = f.rowid \
