@@ -378,7 +378,8 @@ async fn user(storage: &Arc<dyn Storage>, name: &str) -> UserId {
         .id
 }
 
-fn text<'a>(
+/// A text message from `sender`'s first device, searchable by its body.
+pub fn text<'a>(
     channel: conclave_core::ChannelId,
     sender: UserId,
     client_msg_id: &'a str,

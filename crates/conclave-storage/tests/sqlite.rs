@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use conclave_storage::{OpenOptions, Storage};
+use conclave_core::{ChannelId, MessageId, UserId};
+use conclave_storage::conformance::text;
+use conclave_storage::{NewUser, OpenOptions, SendOutcome, Storage};
 
 async fn fresh() -> Option<Arc<dyn Storage>> {
     let dir = tempfile::tempdir().unwrap();
@@ -122,44 +124,43 @@ fn integers(path: &std::path::Path, sql: &str) -> Vec<i64> {
     rows.map(Result::unwrap).collect()
 }
 
-#[tokio::test]
-async fn search_text_waits_across_a_restart_and_a_revoked_one_is_never_indexed() {
-    use conclave_core::DeviceId;
-    use conclave_storage::{NewMessage, NewUser, SendOutcome};
-
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.db");
-    let url = format!("sqlite://{}", path.display());
-    let store = conclave_storage::open(&url, OpenOptions::default())
+/// A store at `url` with users ann and ben and their direct channel.
+async fn ann_and_ben(url: &str) -> (Arc<dyn Storage>, [UserId; 2], ChannelId) {
+    let store = conclave_storage::open(url, OpenOptions::default())
         .await
         .unwrap();
-    let mut users = Vec::new();
-    for name in ["ann", "ben"] {
+    let mut users = [UserId::new(0); 2];
+    for (at, name) in ["ann", "ben"].into_iter().enumerate() {
         let new = NewUser {
             username: name,
             password_hash: "hash",
             display_name: name,
             now_ms: 1,
         };
-        users.push(store.accounts().create_user(new).await.unwrap().id);
+        users[at] = store.accounts().create_user(new).await.unwrap().id;
     }
-    let (a, b) = (users[0], users[1]);
-    let (channel, _) = store.messages().direct_channel(a, b, 1).await.unwrap();
-    let send = |client_msg_id: &'static str, body: &'static str| NewMessage {
-        channel_id: channel.id,
-        sender_id: a,
-        sender_device_id: DeviceId::new(1),
-        client_msg_id,
-        content: body,
-        search_text: Some(body),
-        reply_to: None,
-        mentions: "{}",
-        now_ms: 2,
-        origin_session: None,
-    };
+    let (channel, _) = store
+        .messages()
+        .direct_channel(users[0], users[1], 1)
+        .await
+        .unwrap();
+    (store, users, channel.id)
+}
+
+#[tokio::test]
+async fn search_text_waits_across_a_restart_and_a_revoked_one_is_never_indexed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    let url = format!("sqlite://{}", path.display());
+    let (store, [a, b], channel) = ann_and_ben(&url).await;
     let mut ids = Vec::new();
     for (id, body) in [("m1", "the secret plan"), ("m2", "lunch at noon")] {
-        match store.messages().send_message(send(id, body)).await.unwrap() {
+        match store
+            .messages()
+            .send_message(text(channel, a, id, body))
+            .await
+            .unwrap()
+        {
             SendOutcome::Sent(event) => ids.push(event.message_id.unwrap()),
             other => panic!("{other:?}"),
         }
@@ -180,7 +181,7 @@ async fn search_text_waits_across_a_restart_and_a_revoked_one_is_never_indexed()
             &format!("SELECT rowid FROM messages_fts WHERE messages_fts MATCH '{word}'"),
         )
     };
-    let id = |message: conclave_core::MessageId| i64::try_from(message.get()).unwrap();
+    let id = |message: MessageId| i64::try_from(message.get()).unwrap();
     assert_eq!(integers(&path, waiting), [id(ids[1])], "m1 was forgotten");
     assert!(
         indexed("lunch").is_empty(),
@@ -205,47 +206,18 @@ async fn search_text_waits_across_a_restart_and_a_revoked_one_is_never_indexed()
 
 #[tokio::test]
 async fn the_writer_indexes_the_search_backlog_without_a_search() {
-    use conclave_core::DeviceId;
-    use conclave_storage::{NewMessage, NewUser};
-
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.db");
     let url = format!("sqlite://{}", path.display());
-    let store = conclave_storage::open(&url, OpenOptions::default())
-        .await
-        .unwrap();
-    let mut users = Vec::new();
-    for name in ["ann", "ben"] {
-        let new = NewUser {
-            username: name,
-            password_hash: "hash",
-            display_name: name,
-            now_ms: 1,
-        };
-        users.push(store.accounts().create_user(new).await.unwrap().id);
-    }
-    let (channel, _) = store
-        .messages()
-        .direct_channel(users[0], users[1], 1)
-        .await
-        .unwrap();
+    let (store, [a, _], channel) = ann_and_ben(&url).await;
     let sends = 600;
     for i in 0..sends {
-        let id = format!("m{i}");
-        let body = format!("note {i}");
-        let message = NewMessage {
-            channel_id: channel.id,
-            sender_id: users[0],
-            sender_device_id: DeviceId::new(1),
-            client_msg_id: &id,
-            content: &body,
-            search_text: Some(&body),
-            reply_to: None,
-            mentions: "{}",
-            now_ms: 2,
-            origin_session: None,
-        };
-        store.messages().send_message(message).await.unwrap();
+        let (id, body) = (format!("m{i}"), format!("note {i}"));
+        store
+            .messages()
+            .send_message(text(channel, a, &id, &body))
+            .await
+            .unwrap();
     }
     store.close().await;
     let waiting = integers(&path, "SELECT COUNT(*) FROM search_backlog")[0];
