@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use conclave_core::{DeviceId, UserId};
+use conclave_core::{DeviceId, MessageId, UserId};
 
 use crate::{
     Audience, ChunkOutcome, DeviceLogin, FileStatus, MemberFlag, NewMessage, NewUpload, NewUser,
@@ -1048,6 +1048,15 @@ pub async fn compaction_replaces_a_prefix_of_the_log(storage: Arc<dyn Storage>) 
     assert_eq!(loaded.head_seq(), 6);
 }
 
+/// The ids (ascending) of the messages `user` finds by `word`.
+async fn found(storage: &Arc<dyn Storage>, user: UserId, word: &str, limit: u32) -> Vec<MessageId> {
+    let words = [word.to_owned()];
+    let hits = storage.messages().search(user, &words, None, limit).await;
+    let mut ids: Vec<_> = hits.unwrap().iter().map(|m| m.id).collect();
+    ids.sort_unstable();
+    ids
+}
+
 pub async fn search_indexes_every_message_of_a_group_and_no_refused_one(storage: Arc<dyn Storage>) {
     let (a, b) = (user(&storage, "ann").await, user(&storage, "ben").await);
     let outsider = user(&storage, "cat").await;
@@ -1088,27 +1097,13 @@ pub async fn search_indexes_every_message_of_a_group_and_no_refused_one(storage:
     kept.sort_unstable();
     assert_eq!(kept.len(), 20, "one message per client id");
 
-    let found = |words: Vec<String>| {
-        let messages = storage.messages();
-        async move {
-            let mut ids: Vec<_> = messages
-                .search(b, &words, None, 100)
-                .await
-                .unwrap()
-                .iter()
-                .map(|m| m.id)
-                .collect();
-            ids.sort_unstable();
-            ids
-        }
-    };
     for i in (1..60u32).step_by(3) {
-        let hits = found(vec![format!("kept{i}")]).await;
+        let hits = found(&storage, b, &format!("kept{i}"), 100).await;
         assert_eq!(hits.len(), 1, "kept{i} is found once: {hits:?}");
     }
     let mut all = Vec::new();
     for i in 0..60u32 {
-        let hits = found(vec![format!("word{i}")]).await;
+        let hits = found(&storage, b, &format!("word{i}"), 100).await;
         match i % 3 {
             0 => assert!(
                 hits.is_empty(),
@@ -1158,35 +1153,26 @@ pub async fn search_finds_every_message_however_many_were_sent(storage: Arc<dyn 
             }
         }
     }
-    let messages = storage.messages();
-    let words = |word: &str| vec![word.to_owned()];
-    let mut found: Vec<_> = messages
-        .search(b, &words("common"), None, 1_000)
-        .await
-        .unwrap()
-        .iter()
-        .map(|m| m.id)
-        .collect();
-    found.sort_unstable();
+    let found_all = found(&storage, b, "common", 1_000).await;
     let mut expected: Vec<_> = kept.iter().map(|(_, id)| *id).collect();
     expected.sort_unstable();
-    eprintln!("found {} expected {}", found.len(), expected.len());
-    let missing: Vec<_> = expected.iter().filter(|id| !found.contains(id)).collect();
-    let unwanted: Vec<_> = found.iter().filter(|id| !expected.contains(id)).collect();
+    let missing: Vec<_> = expected
+        .iter()
+        .filter(|id| !found_all.contains(id))
+        .collect();
+    let unwanted: Vec<_> = found_all
+        .iter()
+        .filter(|id| !expected.contains(id))
+        .collect();
     assert!(
         missing.is_empty() && unwanted.is_empty(),
         "every kept message and none revoked: missing {missing:?}, unwanted {unwanted:?}"
     );
     for (word, id) in kept.iter().step_by(37) {
-        let hits = messages.search(b, &words(word), None, 10).await.unwrap();
-        assert_eq!(
-            hits.iter().map(|m| m.id).collect::<Vec<_>>(),
-            [*id],
-            "{word}"
-        );
+        assert_eq!(found(&storage, b, word, 10).await, [*id], "{word}");
     }
     for (word, _) in revoked.iter().step_by(7) {
-        let hits = messages.search(b, &words(word), None, 10).await.unwrap();
+        let hits = found(&storage, b, word, 10).await;
         assert!(hits.is_empty(), "{word} was revoked: {hits:?}");
     }
 }
